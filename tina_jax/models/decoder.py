@@ -1,0 +1,263 @@
+"""The decoder: embed -> scan(layers) -> final norm -> logits, as pure functions of a parameter pytree.
+
+Parameter pytree (layers stacked on a leading axis L so one ``lax.scan`` runs them all)::
+
+    {"embed": [V, D],
+     "layers": {"attn_norm": [L, D], "q_proj": [L, D, Hq*hd], "k_proj": [L, D, Hkv*hd],
+                "v_proj": [L, D, Hkv*hd], "o_proj": [L, Hq*hd, D],
+                "q_bias"/"k_bias"/"v_bias": [L, H*hd]   (qkv_bias: Qwen2),
+                "q_norm"/"k_norm": [L, hd]              (qk_norm: Qwen3),
+                "mlp_norm": [L, D], "gate_proj": [L, D, F], "up_proj": [L, D, F], "down_proj": [L, F, D]},
+     "final_norm": [D],
+     "lm_head": [D, V]                                   (untied embeddings only)}
+
+Kernels are ``[in, out]`` (``y = x @ K``); any kernel may be an adapter container (see ``linear.py``).
+Activations and matmuls run in ``config.compute_dtype``; RMSNorm statistics, softmax and logits in fp32.
+
+KV cache (decoding): ``{"k": [L, B, S, Hkv, hd], "v": [L, B, S, Hkv, hd]}`` in a configurable dtype,
+written in place at a slot index shared by the batch (prompts are left-padded so all rows align).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tina_jax.models.config import ModelConfig, as_dtype
+from tina_jax.models.linear import dense
+
+Params = dict[str, Any]
+Cache = dict[str, jax.Array]
+_NEG = -1e30  # finite "minus infinity": a fully masked row (a left-pad query) stays NaN-free
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """HF RMSNorm: statistics in fp32, normalised value cast back to x.dtype, then scaled."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * weight.astype(x.dtype)
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """int32[B, T] positions counting only real tokens (left padding gets position 0)."""
+    m = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding (HF's rotate-half layout). x [B, T, H, hd], positions int[B, T]."""
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, hd]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q [B, T, Hq, hd], k/v [B, S, Hkv, hd], mask bool[B, T, S] (True = may attend) -> [B, T, Hq, hd].
+    Scores and softmax in fp32.
+    """
+    b, t, hq, hd = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, hq // hkv, hd)
+    scores = jnp.einsum("btgrd,bsgd->bgrts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (hd ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bgrts,bsgd->btgrd", probs, v)
+    return out.reshape(b, t, hq, hd)
+
+
+def _qkv(cfg: ModelConfig, p: Params, x: jax.Array, positions: jax.Array):
+    """Projections, biases, q/k norm and RoPE for one layer. x is the normed input [B, T, D]."""
+    dt = as_dtype(cfg.compute_dtype)
+    b, t, _ = x.shape
+    q, k, v = dense(x, p["q_proj"], dt), dense(x, p["k_proj"], dt), dense(x, p["v_proj"], dt)
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q, k = rms_norm(q, p["q_norm"], cfg.rms_norm_eps), rms_norm(k, p["k_norm"], cfg.rms_norm_eps)
+    return rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta), v
+
+
+def _mlp(cfg: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
+    dt = as_dtype(cfg.compute_dtype)
+    h = jax.nn.silu(dense(x, p["gate_proj"], dt)) * dense(x, p["up_proj"], dt)
+    return dense(h, p["down_proj"], dt)
+
+
+def _block(cfg: ModelConfig, p: Params, h: jax.Array, positions: jax.Array, attend_fn) -> tuple:
+    """One pre-norm decoder layer; ``attend_fn(q, k, v) -> (out, extra)`` supplies keys/mask."""
+    dt = as_dtype(cfg.compute_dtype)
+    b, t, _ = h.shape
+    q, k, v = _qkv(cfg, p, rms_norm(h, p["attn_norm"], cfg.rms_norm_eps), positions)
+    attn, extra = attend_fn(q, k, v)
+    h = h + dense(attn.reshape(b, t, cfg.q_dim), p["o_proj"], dt)
+    h = h + _mlp(cfg, p, rms_norm(h, p["mlp_norm"], cfg.rms_norm_eps))
+    return h, extra
+
+
+def embed(cfg: ModelConfig, params: Params, input_ids: jax.Array) -> jax.Array:
+    return jnp.take(params["embed"], input_ids, axis=0).astype(as_dtype(cfg.compute_dtype))
+
+
+def lm_head(cfg: ModelConfig, params: Params) -> jax.Array:
+    """The output projection [D, V] (the transposed embedding when tied)."""
+    return params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(cfg: ModelConfig, params: Params, h: jax.Array) -> jax.Array:
+    """fp32 logits [..., V] from final hidden states [..., D]."""
+    w = lm_head(cfg, params)
+    w = w.merged() if hasattr(w, "merged") else w
+    return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-sequence forward (training, scoring)
+# ----------------------------------------------------------------------------------------------
+def hidden_states(
+    cfg: ModelConfig,
+    params: Params,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    return_layers: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Final-norm hidden states [B, T, D] (compute dtype) for a left-padded batch, no cache.
+
+    input_ids int[B, T]; attention_mask {0,1}[B, T] (1 = real token; default all ones);
+    positions int[B, T] (default: derived from the mask). With ``return_layers`` also returns the
+    residual stream after every layer, [L, B, T, D] (for per-layer parity tests).
+    """
+    b, t = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    valid = attention_mask.astype(bool)
+    if positions is None:
+        positions = positions_from_mask(attention_mask)
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    mask = causal[None] & valid[:, None, :]  # [B, T(query), T(key)]
+
+    def layer(h, p):
+        h, _ = _block(cfg, p, h, positions, lambda q, k, v: (attention(q, k, v, mask), None))
+        return h, (h if return_layers else None)
+
+    if cfg.remat:
+        layer = jax.checkpoint(layer, policy=jax.checkpoint_policies.nothing_saveable)
+    h, per_layer = jax.lax.scan(layer, embed(cfg, params, input_ids), params["layers"])
+    out = rms_norm(h, params["final_norm"], cfg.rms_norm_eps)
+    return (out, per_layer) if return_layers else out
+
+
+def forward(
+    cfg: ModelConfig,
+    params: Params,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+) -> jax.Array:
+    """float32 logits [B, T, V] for every position (no cache). See ``hidden_states`` for the inputs."""
+    return logits_from_hidden(cfg, params, hidden_states(cfg, params, input_ids, attention_mask, positions))
+
+
+# ----------------------------------------------------------------------------------------------
+# KV-cache forward (decoding)
+# ----------------------------------------------------------------------------------------------
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
+    """Zeroed cache {"k", "v"}: [L, batch, max_len, Hkv, hd] in ``dtype`` (default: compute dtype)."""
+    dtype = as_dtype(dtype or cfg.compute_dtype)
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def forward_cached(
+    cfg: ModelConfig,
+    params: Params,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    cache: Cache,
+    write_index: jax.Array,
+    kv_valid: jax.Array,
+) -> tuple[jax.Array, Cache]:
+    """Run T new tokens per row against the cache, writing their keys/values at slots
+    ``write_index .. write_index + T - 1`` (shared by all rows).
+
+    input_ids int[B, T]; positions int[B, T]; write_index int32[] ; kv_valid bool[B, S] marks cache
+    slots holding real tokens *including* the T being written. Query t attends to valid slots
+    <= write_index + t. Returns (final-norm hidden [B, T, D], updated cache). Pass the cache as a
+    donated argument under jit so XLA updates it in place.
+    """
+    b, t = input_ids.shape
+    s = cache["k"].shape[2]
+    slot = jnp.arange(s)
+    q_slot = write_index + jnp.arange(t)
+    mask = (slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :]  # [B, T, S]
+    cdt = cache["k"].dtype
+
+    def layer(carry, p):
+        h, ck, cv, i = carry
+
+        def attend(q, k, v):
+            k_all = jax.lax.dynamic_update_slice(ck[i], k.astype(cdt), (0, write_index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(cv[i], v.astype(cdt), (0, write_index, 0, 0))
+            dt = q.dtype
+            return attention(q, k_all.astype(dt), v_all.astype(dt), mask), (k.astype(cdt), v.astype(cdt))
+
+        h, (k_new, v_new) = _block(cfg, p, h, positions, attend)
+        ck = jax.lax.dynamic_update_slice(ck, k_new[None], (i, 0, write_index, 0, 0))
+        cv = jax.lax.dynamic_update_slice(cv, v_new[None], (i, 0, write_index, 0, 0))
+        return (h, ck, cv, i + 1), None
+
+    init = (embed(cfg, params, input_ids), cache["k"], cache["v"], jnp.int32(0))
+    (h, ck, cv, _), _ = jax.lax.scan(layer, init, params["layers"])
+    return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), {"k": ck, "v": cv}
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameter shapes and random initialisation (tests, benchmarks, dry runs)
+# ----------------------------------------------------------------------------------------------
+def param_shapes(cfg: ModelConfig) -> Params:
+    """The parameter tree of ``cfg`` as ``jax.ShapeDtypeStruct`` leaves (no allocation)."""
+    dt = as_dtype(cfg.param_dtype)
+    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    s = lambda *shape: jax.ShapeDtypeStruct(shape, dt)  # noqa: E731
+    layers = {
+        "attn_norm": s(L, D), "q_proj": s(L, D, cfg.q_dim), "k_proj": s(L, D, cfg.kv_dim),
+        "v_proj": s(L, D, cfg.kv_dim), "o_proj": s(L, cfg.q_dim, D), "mlp_norm": s(L, D),
+        "gate_proj": s(L, D, F), "up_proj": s(L, D, F), "down_proj": s(L, F, D),
+    }
+    if cfg.qkv_bias:
+        layers.update(q_bias=s(L, cfg.q_dim), k_bias=s(L, cfg.kv_dim), v_bias=s(L, cfg.kv_dim))
+    if cfg.qk_norm:
+        layers.update(q_norm=s(L, cfg.head_dim), k_norm=s(L, cfg.head_dim))
+    tree = {"embed": s(cfg.vocab_size, D), "layers": layers, "final_norm": s(D)}
+    if not cfg.tie_word_embeddings:
+        tree["lm_head"] = s(D, cfg.vocab_size)
+    return tree
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02) -> Params:
+    """Random parameters: N(0, std) kernels/embeddings/biases, norm weights 1 + N(0, std)."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    keys = jax.random.split(rng, len(leaves))
+    out = []
+    for (path, sd), key in zip(leaves, keys):
+        name = str(path[-1].key)
+        x = std * jax.random.normal(key, sd.shape, jnp.float32)
+        if name.endswith("norm"):
+            x = 1.0 + x
+        out.append(x.astype(sd.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
