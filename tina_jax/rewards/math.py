@@ -1,0 +1,358 @@
+"""Answer-checking rewards: math-verify accuracy (open-r1 lineage) and verl's strict GSM8K check.
+
+Every reward here is a plain function ``(completions: list[str], **example_fields) -> list[float]``
+whose ``__name__`` is the reward's name; example fields arrive as lists aligned with
+``completions`` (as TRL and open-r1 pass them) and unknown fields are ignored.
+
+math-verify runs only in the worker processes of :mod:`tina_jax.rewards.pool` (imported lazily
+there), never in the caller, so a pathological completion costs at most ``timeout`` seconds.
+
+Gold text (:func:`gold_texts`): the ``solution`` field, as open-r1 passes it (a full solution whose
+``\\boxed{}`` holds the answer, or any text math-verify can parse). If there is no ``solution``
+field but an ``answer`` field (a bare final answer, e.g. ``"7"``, ``"\\frac{1}{2}"``, ``142.0``), it
+is wrapped as ``\\boxed{answer}`` unless it already contains ``\\boxed`` or ``$``: a bare ``7`` is
+not found by ``LatexExtractionConfig`` alone (it needs ``$..$`` or ``\\boxed{}``), and ``\\boxed{}``
+keeps braces and dollar signs inside the answer intact where ``$answer$`` would not.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Callable, Literal, Sequence
+
+from tina_jax.rewards.pool import CheckerPool, get_pool
+
+__all__ = [
+    "CORRECT",
+    "GOLD_UNPARSEABLE",
+    "WRONG",
+    "accuracy_reward",
+    "answer_verdicts",
+    "check_answer",
+    "gold_texts",
+    "gsm8k_extract",
+    "gsm8k_gold",
+    "gsm8k_strict_reward",
+]
+
+RewardFn = Callable[..., list[float]]
+
+# Verdicts returned by check_answer / answer_verdicts.
+CORRECT = 1
+WRONG = 0
+GOLD_UNPARSEABLE = -1
+
+# How gold is parsed and in which order verify() gets its arguments (verify is not symmetric).
+#   "tina":    parse(gold) with math-verify's default [LatexExtractionConfig(), ExprExtractionConfig()],
+#              verify(gold, answer)       [shangshang-wang/Tina, tina/post_train_hf/rewards.py accuracy_reward]
+#   "open_r1": parse(gold, [LatexExtractionConfig()]), verify(answer, gold)
+#              [huggingface/open-r1 src/open_r1/rewards.py accuracy_reward, len_reward,
+#               get_cosine_scaled_reward; Open-RS uses this accuracy_reward]
+CheckMode = Literal["tina", "open_r1"]
+_CHECK_MODES = ("tina", "open_r1")
+
+
+def _require_str_list(completions: Any) -> list[str]:
+    if isinstance(completions, str) or not isinstance(completions, Sequence):
+        raise ValueError(
+            f"completions must be a list of strings (decoded completion texts), got {type(completions).__name__}"
+        )
+    for i, c in enumerate(completions):
+        if not isinstance(c, str):
+            raise ValueError(
+                f"completions[{i}] is a {type(c).__name__}, expected str: pass the decoded completion text, "
+                "not chat messages or token ids"
+            )
+    return list(completions)
+
+
+def _field(fields: dict[str, Any], name: str, n: int) -> list[Any]:
+    """``fields[name]`` checked to be a list aligned with ``n`` completions."""
+    values = fields[name]
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise ValueError(f"example field {name!r} must be a list with one entry per completion, "
+                         f"got {type(values).__name__}")
+    if len(values) != n:
+        raise ValueError(f"example field {name!r} has {len(values)} entries for {n} completions; "
+                         "repeat each example's field once per completion")
+    return list(values)
+
+
+def _wrap_answer(value: Any, field_name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"example field {field_name!r} must hold strings or numbers, got {type(value).__name__} "
+                         f"({value!r:.80})")
+    text = str(value)
+    if "\\boxed" in text or "$" in text:
+        return text
+    return "\\boxed{" + text + "}"
+
+
+def gold_texts(fields: dict[str, Any], n: int, gold_field: str | None = None) -> list[str]:
+    """The gold text for each of ``n`` completions, from the example fields.
+
+    Args:
+      fields: the example fields passed to the reward (``solution=[...]``, ``answer=[...]``, ...).
+      n: number of completions.
+      gold_field: a field to read as is; ``None`` means ``solution``, else ``answer`` wrapped as
+        ``\\boxed{answer}`` (see the module docstring).
+
+    Raises ValueError naming the field when it is missing or misaligned.
+    """
+    if gold_field is not None:
+        if gold_field not in fields:
+            raise ValueError(f"this reward reads the gold answer from the example field {gold_field!r}, "
+                             f"which is missing (got fields: {sorted(fields)})")
+        values = _field(fields, gold_field, n)
+        for v in values:
+            if not isinstance(v, str):
+                raise ValueError(f"example field {gold_field!r} must hold strings, got {type(v).__name__}")
+        return values
+    if "solution" in fields:
+        values = _field(fields, "solution", n)
+        for v in values:
+            if not isinstance(v, str):
+                raise ValueError(f"example field 'solution' must hold strings, got {type(v).__name__}; "
+                                 "K&K's list-of-bools 'solution' belongs to the kk reward")
+        return values
+    if "answer" in fields:
+        return [_wrap_answer(v, "answer") for v in _field(fields, "answer", n)]
+    raise ValueError(
+        "this reward needs the gold answer in the example field 'solution' (open-r1's name: the "
+        "reference solution text) or 'answer' (a bare final answer); neither was passed "
+        f"(got fields: {sorted(fields)})"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side: runs inside the pool's processes.
+
+
+@lru_cache(maxsize=1)
+def _configs() -> tuple[Any, Any, Any]:
+    """(answer config, gold config "tina", gold config "open_r1"), built once per worker."""
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    # open-r1's answer extraction: only well-formed LaTeX, \boxed{} first, and an anchor
+    # ("final answer is", \boxed{}, ...) is required.
+    answer_cfg = [
+        LatexExtractionConfig(
+            normalization_config=NormalizationConfig(
+                nits=False,
+                malformed_operators=False,
+                basic_latex=True,
+                equations=True,
+                boxed="all",
+                units=True,
+            ),
+            boxed_match_priority=0,
+            try_extract_without_anchor=False,
+        )
+    ]
+    return answer_cfg, [LatexExtractionConfig(), ExprExtractionConfig()], [LatexExtractionConfig()]
+
+
+_GOLD_CACHE: dict[tuple[str, str], list] = {}
+_GOLD_CACHE_MAX = 4096
+
+
+def _parse_gold(gold: str, mode: str, step_timeout: int) -> list:
+    """Parsed gold, cached per worker (the G completions of a prompt share it). Empty parses are
+    not cached: under load a parse can time out, and that must not stick."""
+    from math_verify import parse
+
+    key = (gold, mode)
+    if key in _GOLD_CACHE:
+        return _GOLD_CACHE[key]
+    _, gold_tina, gold_open_r1 = _configs()
+    cfg = gold_tina if mode == "tina" else gold_open_r1
+    parsed = parse(gold, extraction_config=cfg, extraction_mode="first_match", parsing_timeout=step_timeout)
+    if parsed:
+        if len(_GOLD_CACHE) >= _GOLD_CACHE_MAX:
+            _GOLD_CACHE.clear()
+        _GOLD_CACHE[key] = parsed
+    return parsed
+
+
+def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout: int = 2) -> int:
+    """math-verify verdict for one completion: ``CORRECT``, ``WRONG`` or ``GOLD_UNPARSEABLE``.
+
+    Runs the open-r1 / Tina accuracy check [huggingface/open-r1 src/open_r1/rewards.py
+    accuracy_reward; shangshang-wang/Tina tina/post_train_hf/rewards.py]: gold parsed first (an
+    empty parse means ``GOLD_UNPARSEABLE``), then the completion with open-r1's answer config,
+    then ``verify`` (argument order per ``mode``, see ``CheckMode``).
+
+    ``step_timeout`` (whole seconds, >= 1) is math-verify's own ``signal.alarm`` limit per parse
+    and per comparison, a first line of defence; the pool's process kill is the hard limit. Meant
+    to run in a pool worker (the main thread of its process, where ``signal.alarm`` works).
+    """
+    from math_verify import parse, verify
+
+    if mode not in _CHECK_MODES:
+        raise ValueError(f"mode must be one of {_CHECK_MODES}, got {mode!r}")
+    gold_parsed = _parse_gold(gold, mode, step_timeout)
+    if len(gold_parsed) == 0:
+        return GOLD_UNPARSEABLE
+    answer_cfg = _configs()[0]
+    answer_parsed = parse(completion, extraction_config=answer_cfg, extraction_mode="first_match",
+                          parsing_timeout=step_timeout)
+    if mode == "tina":
+        ok = verify(gold_parsed, answer_parsed, timeout_seconds=step_timeout)
+    else:
+        ok = verify(answer_parsed, gold_parsed, timeout_seconds=step_timeout)
+    return CORRECT if ok else WRONG
+
+
+# ----------------------------------------------------------------------------------------------
+# Caller side.
+
+
+def _step_timeout(timeout: float) -> int:
+    """math-verify's per-step alarm: half the item budget, whole seconds, at least 1."""
+    return max(1, int(timeout // 2))
+
+
+def answer_verdicts(
+    completions: Sequence[str],
+    golds: Sequence[str],
+    *,
+    mode: CheckMode = "open_r1",
+    timeout: float = 5.0,
+    pool: CheckerPool | None = None,
+    checker: Callable[[str, str, str, int], int] = check_answer,
+) -> list[int]:
+    """Checks each completion against its gold in the worker pool.
+
+    Args:
+      completions, golds: aligned lists of texts.
+      mode: gold parsing / verify order, ``"tina"`` or ``"open_r1"``.
+      timeout: seconds per item; an item that times out or whose check raises counts as
+        ``WRONG`` (logged as a warning).
+      pool: the pool to use; default :func:`tina_jax.rewards.pool.get_pool`.
+      checker: the (picklable, module-level) check function; :func:`check_answer` unless testing.
+
+    Returns one verdict per completion: ``CORRECT`` (1), ``WRONG`` (0) or ``GOLD_UNPARSEABLE`` (-1).
+    """
+    if mode not in _CHECK_MODES:
+        raise ValueError(f"mode must be one of {_CHECK_MODES}, got {mode!r}")
+    if len(completions) != len(golds):
+        raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    pool = pool if pool is not None else get_pool()
+    step = _step_timeout(timeout)
+    items = [(c, g, mode, step) for c, g in zip(completions, golds)]
+    return pool.map(checker, items, timeout=timeout, fallback=WRONG)
+
+
+def accuracy_reward(
+    flavour: CheckMode = "tina",
+    *,
+    on_unparseable_gold: Literal["skip", "one"] | None = None,
+    timeout: float = 5.0,
+    gold_field: str | None = None,
+    pool: CheckerPool | None = None,
+) -> RewardFn:
+    """Builds the ``accuracy`` reward: 1.0 if math-verify finds the completion's answer equal to
+    the gold, else 0.0 (RECIPES.md section 5).
+
+    Args:
+      flavour: ``"tina"`` (Tina's accuracy_reward: gold parsed with math-verify's default
+        LaTeX + expression extraction, ``verify(gold, answer)``) or ``"open_r1"`` (open-r1's /
+        Open-RS's: gold parsed with ``LatexExtractionConfig()`` only, ``verify(answer, gold)``).
+        The completion is parsed the same way in both: ``LatexExtractionConfig(NormalizationConfig(
+        nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all",
+        units=True), boxed_match_priority=0, try_extract_without_anchor=False)``, so it needs a
+        ``\\boxed{}`` or an anchored LaTeX answer ("final answer is $..$").
+      on_unparseable_gold: what a completion scores when the gold cannot be parsed.
+        ``"skip"`` (Tina: the reward returned ``None``; TRL turned it into NaN and left it out of
+        the weighted sum) gives ``float("nan")``; :func:`tina_jax.rewards.combine` treats NaN as
+        "no reward" (contributes 0 to the total). ``"one"`` (open-r1 / Open-RS) gives 1.0.
+        Default: ``"skip"`` for ``flavour="tina"``, ``"one"`` for ``"open_r1"``.
+      timeout: seconds per completion; a check that times out or crashes scores 0.0 (warning logged).
+      gold_field: see :func:`gold_texts` (default: ``solution``, else ``answer``).
+      pool: worker pool; default the process-wide one.
+
+    Returns ``accuracy(completions, **fields) -> list[float]``.
+    """
+    if flavour not in _CHECK_MODES:
+        raise ValueError(f"flavour must be one of {_CHECK_MODES}, got {flavour!r}")
+    if on_unparseable_gold is None:
+        on_unparseable_gold = "skip" if flavour == "tina" else "one"
+    if on_unparseable_gold not in ("skip", "one"):
+        raise ValueError(f"on_unparseable_gold must be 'skip' or 'one', got {on_unparseable_gold!r}")
+    no_gold = float("nan") if on_unparseable_gold == "skip" else 1.0
+
+    def accuracy(completions: list[str], **fields: Any) -> list[float]:
+        texts = _require_str_list(completions)
+        golds = gold_texts(fields, len(texts), gold_field)
+        verdicts = answer_verdicts(texts, golds, mode=flavour, timeout=timeout, pool=pool)
+        return [no_gold if v == GOLD_UNPARSEABLE else float(v == CORRECT) for v in verdicts]
+
+    accuracy.__name__ = accuracy.__qualname__ = "accuracy"
+    return accuracy
+
+
+# ----------------------------------------------------------------------------------------------
+# GSM8K strict [volcengine/verl verl/utils/reward_score/gsm8k.py, as in jxmorris12/verl-lora].
+
+_GSM8K_RE = re.compile("#### (\\-?[0-9\\.\\,]+)")
+_GSM8K_CLIP_CHARS = 300
+
+
+def gsm8k_extract(text: str, clip_chars: int = _GSM8K_CLIP_CHARS) -> str | None:
+    """verl's strict extraction: the last ``#### <number>`` in the last ``clip_chars`` characters,
+    with ``,`` and ``$`` removed; ``None`` if there is none."""
+    if len(text) > clip_chars:
+        text = text[-clip_chars:]
+    found = _GSM8K_RE.findall(text)
+    if not found:
+        return None
+    return found[-1].replace(",", "").replace("$", "")
+
+
+def gsm8k_gold(answer: Any) -> str:
+    """The gold string verl compares against: for a raw GSM8K ``answer`` (rationale ending in
+    ``#### 72``) the first ``#### <number>`` with commas removed, as verl's
+    examples/data_preprocess/gsm8k.py does; any other value as ``str(value)``."""
+    if isinstance(answer, bool) or not isinstance(answer, (str, int)):
+        raise ValueError(f"GSM8K gold must be a string or int, got {type(answer).__name__}")
+    text = str(answer)
+    m = _GSM8K_RE.search(text)
+    if m is None:
+        return text
+    return m.group(0).split("#### ")[1].replace(",", "")
+
+
+def gsm8k_strict_reward(
+    *,
+    score: float = 1.0,
+    format_score: float = 0.0,
+    clip_chars: int = _GSM8K_CLIP_CHARS,
+    gold_field: str = "answer",
+) -> RewardFn:
+    """Builds the ``gsm8k_strict`` reward of TinyLoRA's GSM8K runs (RECIPES.md section 5):
+    ``score`` if verl's strict extraction (:func:`gsm8k_extract`) equals the gold string exactly,
+    ``format_score`` if an answer was extracted but differs, 0.0 if none was found
+    [volcengine/verl verl/utils/reward_score/gsm8k.py compute_score, method="strict"].
+
+    The gold comes from ``gold_field`` (default ``answer``: GSM8K's raw answer or the bare number),
+    reduced by :func:`gsm8k_gold`.
+    """
+
+    def gsm8k_strict(completions: list[str], **fields: Any) -> list[float]:
+        texts = _require_str_list(completions)
+        if gold_field not in fields:
+            raise ValueError(f"gsm8k_strict reads the gold answer from the example field {gold_field!r}, "
+                             f"which is missing (got fields: {sorted(fields)})")
+        golds = [gsm8k_gold(a) for a in _field(fields, gold_field, len(texts))]
+        out = []
+        for text, gold in zip(texts, golds):
+            pred = gsm8k_extract(text, clip_chars)
+            out.append(0.0 if pred is None else float(score if pred == gold else format_score))
+        return out
+
+    gsm8k_strict.__name__ = gsm8k_strict.__qualname__ = "gsm8k_strict"
+    return gsm8k_strict
