@@ -1,0 +1,75 @@
+"""Run-config validation: unknown keys name the nearest valid key, types and values are checked early."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tina_jax.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_recipe_validates_and_cites_its_source(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, RunConfig)
+    head = path.read_text().split("\n", 1)[0]
+    assert head.startswith("# "), f"{path.name} must start with a comment citing its source"
+
+
+def test_defaults_validate():
+    assert load_config(None).rollout.num_generations == 8
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"grpo": {"aggregaton": "token_mean"}}, r"unknown config key 'grpo\.aggregaton'; did you mean 'aggregation'"),
+    ({"optim": {"scale_reward": False}}, r"unknown config key 'optim\.scale_reward'"),
+    ({"rolout": {}}, r"unknown config key 'rolout'; did you mean 'rollout'"),
+    ({"rewards": [{"name": "accuracy", "wieght": 2}]}, r"rewards\[0\]\.wieght.*did you mean 'weight'"),
+])
+def test_unknown_keys_name_the_nearest_valid_key(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(data)
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"rollout": {"num_generations": "eight"}}, r"rollout\.num_generations: expected an integer"),
+    ({"rollout": {"num_generations": 1}}, r"rollout\.num_generations: must be >= 2"),
+    ({"rollout": {"top_p": 1.5}}, r"rollout\.top_p: must be in \(0, 1\]"),
+    ({"grpo": {"aggregation": "mean"}}, r"grpo\.aggregation: 'mean' is not one of"),
+    ({"grpo": {"mini_batches": 3}}, r"grpo\.mini_batches: 3 does not divide the 64 completions"),
+    ({"grpo": {"micro_batch_size": 5}}, r"grpo\.micro_batch_size: 5 must divide"),
+    ({"adapter": {"kind": "dora"}}, r"adapter\.kind: 'dora' is not one of"),
+    ({"adapter": {"u": 0}}, r"adapter\.u: must be >= 1"),
+    ({"train": {"max_steps": 0}}, r"train\.max_steps: must be >= 1"),
+    ({"rewards": [{"name": "acuracy"}]}, r"rewards\[0\]\.name: unknown reward 'acuracy'; did you mean 'accuracy'"),
+    ({"mesh": {"shape": [2, 2]}}, r"mesh\.shape: expected 3 entries"),
+    ({"model": {"remat": "yes"}}, r"model\.remat: expected true/false"),
+])
+def test_wrong_types_and_impossible_values(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(data)
+
+
+def test_overrides_and_yaml_floats(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("optim:\n  lr: 1e-6\n")  # YAML 1.1 reads this as a string: accepted as a float
+    cfg = load_config(p, ["optim.lr=2e-5", "train.max_steps=7", "adapter.target_modules=[q_proj, v_proj]"])
+    assert cfg.optim.lr == 2e-5 and cfg.train.max_steps == 7
+    assert cfg.adapter.target_modules == ("q_proj", "v_proj")
+    with pytest.raises(ConfigError, match="key.subkey=value"):
+        load_config(p, ["optim.lr"])
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown config key 'optim\.lrr'"):
+        load_config(p, ["optim.lrr=1"])
+    assert apply_overrides({}, ["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+
+
+def test_batch_not_divisible_by_mesh_is_an_early_error():
+    from tina_jax.sharding import check_batch_divides
+
+    class FakeMesh:
+        shape = {"data": 3, "fsdp": 1, "tensor": 1}
+
+    with pytest.raises(ValueError, match=r"rollout mini-batch.*64.*not divisible by data x fsdp = 3"):
+        check_batch_divides(64, FakeMesh(), "rollout mini-batch (completions)")
