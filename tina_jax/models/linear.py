@@ -2,7 +2,14 @@
 
 A projection kernel is stored as ``[in, out]`` so ``y = x @ K``. Adapters (``tina_jax.adapters``) replace
 a kernel in the parameter pytree with a container; ``dense`` computes the adapted product without ever
-forming the full-size update, so gradients exist only for the small factors.
+forming the full-size update, so gradients exist only for the small factors:
+
+- ``LowRank(base, a, b, scale)``:       y = x @ base + scale * ((drop(x) @ a) @ b)       (LoRA)
+- ``SvdCore(base, us, core, vt, scale)``: y = x @ base + scale * (((x @ us) @ core) @ vt) (LoRA-XS, TinyLoRA)
+
+Containers are pytree nodes whose array fields may carry leading axes (the stacked-layer axis ``L``):
+``lax.scan`` over the layers slices every leaf, so inside the scan each container holds one layer.
+``scale`` and ``dropout_rate`` are static (not leaves).
 """
 from __future__ import annotations
 
@@ -15,20 +22,41 @@ from flax import struct
 
 @struct.dataclass
 class LowRank:
-    """K' = base + scale * a @ b  (LoRA).  base [..., in, out], a [..., in, r], b [..., r, out]."""
+    """K' = base + scale * a @ b  (LoRA), with optional inverted dropout on the adapter input.
+
+    base [..., in, out]; a [..., in, r]; b [..., r, out]; dropout_key: typed PRNG key array [...]
+    (one key per leading index, e.g. per layer) or None. Dropout is applied only when
+    ``dropout_key`` is set and ``dropout_rate > 0``; the base product never sees it (PEFT's
+    ``lora_B(lora_A(dropout(x)))``).
+    """
 
     base: jax.Array
     a: jax.Array
     b: jax.Array
     scale: float = struct.field(pytree_node=False, default=1.0)
+    dropout_key: Any = None
+    dropout_rate: float = struct.field(pytree_node=False, default=0.0)
 
     def dense(self, x: jax.Array, dtype) -> jax.Array:
+        """x [..., in] -> [..., out] in ``dtype``; one layer's container (no leading axes on the leaves)."""
         y = x @ self.base.astype(dtype)
-        return y + (self.scale * ((x @ self.a.astype(dtype)) @ self.b.astype(dtype))).astype(y.dtype)
+        xa = x
+        if self.dropout_key is not None and self.dropout_rate > 0.0:
+            if self.dropout_rate >= 1.0:
+                raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+            keep = jax.random.bernoulli(self.dropout_key, 1.0 - self.dropout_rate, x.shape)
+            xa = jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros_like(x)).astype(x.dtype)
+        z = (xa @ self.a.astype(dtype)) @ self.b.astype(dtype)
+        return y + (self.scale * z).astype(y.dtype)
+
+    def delta(self) -> jax.Array:
+        """The fp32 update scale * a @ b, [..., in, out] (materialises a full-size array)."""
+        f32 = jnp.float32
+        return self.scale * (self.a.astype(f32) @ self.b.astype(f32))
 
     def merged(self) -> jax.Array:
-        upd = self.scale * (self.a.astype(jnp.float32) @ self.b.astype(jnp.float32))
-        return (self.base.astype(jnp.float32) + upd).astype(self.base.dtype)
+        """base + update in fp32, cast back to base.dtype."""
+        return (self.base.astype(jnp.float32) + self.delta()).astype(self.base.dtype)
 
 
 @struct.dataclass
@@ -50,10 +78,13 @@ class SvdCore:
         z = ((x @ self.us.astype(dtype)) @ self.core.astype(dtype)) @ self.vt.astype(dtype)
         return y + (self.scale * z).astype(y.dtype)
 
-    def merged(self) -> jax.Array:
+    def delta(self) -> jax.Array:
+        """The fp32 update scale * us @ core @ vt, [..., in, out]."""
         f32 = jnp.float32
-        upd = self.scale * (self.us.astype(f32) @ self.core.astype(f32) @ self.vt.astype(f32))
-        return (self.base.astype(f32) + upd).astype(self.base.dtype)
+        return self.scale * ((self.us.astype(f32) @ self.core.astype(f32)) @ self.vt.astype(f32))
+
+    def merged(self) -> jax.Array:
+        return (self.base.astype(jnp.float32) + self.delta()).astype(self.base.dtype)
 
 
 def dense(x: jax.Array, w: Any, dtype) -> jax.Array:
@@ -64,9 +95,14 @@ def dense(x: jax.Array, w: Any, dtype) -> jax.Array:
 
 
 def is_container(w: Any) -> bool:
-    return hasattr(w, "merged")
+    return isinstance(w, (LowRank, SvdCore)) or hasattr(w, "merged")
 
 
 def materialize(w: Any) -> jax.Array:
     """A plain kernel: the container's merged weight, or ``w`` itself."""
     return w.merged() if is_container(w) else w
+
+
+def materialize_tree(params: Any) -> Any:
+    """``params`` with every container folded back into a plain kernel (fp32 math, base dtype)."""
+    return jax.tree.map(materialize, params, is_leaf=is_container)
