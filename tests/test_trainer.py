@@ -1,0 +1,107 @@
+"""The training loop: exact resume after SIGKILL, checkpoint on SIGTERM, outputs a user sees."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "launch" / "train.py"
+# Wall-clock keys differ between runs; everything else must match exactly (fp32 tolerance).
+_TIMING = ("time/", "throughput/")
+
+
+def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
+    return [f"model.source={model_dir}", f"train.run_dir={run_dir}", "train.max_steps=5", "train.save_every=1",
+            "train.eval_every=2", "data.n_eval=4", "train.eval_samples=2", "rollout.num_generations=4",
+            "grpo.prompts_per_step=2", "rollout.max_new_tokens=12", "adapter.rank=8", "optim.lr=0.05",
+            "train.plot=false", "train.tensorboard=false",
+            # random text has varied character lengths, so cosine rewards differ: parameters move
+            "rewards=[{name: cosine, weight: 1.0, params: {max_len: 300}}, {name: accuracy, weight: 1.0}]"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
+    return subprocess.Popen([sys.executable, str(TRAIN), "--config", str(ROOT / "configs" / "smollm2_arith_cpu.yaml"),
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+
+
+def _train_steps(run_dir: Path) -> int:
+    return sum(1 for r in _rows(run_dir) if "loss" in r)
+
+
+def _wait_for(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 300) -> None:
+    t0 = time.time()
+    while _train_steps(run_dir) < steps:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.time() - t0 < timeout, "training did not progress"
+        time.sleep(0.05)
+
+
+def _comparable(rows: list[dict]) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for r in rows:
+        out.setdefault(r["step"], {}).update({k: v for k, v in r.items() if not k.startswith(_TIMING)})
+    return out
+
+
+def test_killed_run_resumes_to_identical_metrics(tiny_chat_model_dir, tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = _start(_overrides(tiny_chat_model_dir, ref_dir))
+    out, _ = ref.communicate(timeout=600)
+    assert ref.returncode == 0, out[-3000:]
+    want = _comparable(_rows(ref_dir))
+    assert sorted(want) == [0, 1, 2, 3, 4, 5]
+    assert len({round(want[s]["entropy"], 5) for s in range(1, 6)}) > 1 and want[1]["grad_norm"] > 0, "parameters must move for this test to bite"
+
+    # 1) SIGKILL mid-run (no chance to save): the next start resumes from the last checkpoint.
+    p = _start(_overrides(tiny_chat_model_dir, run_dir))
+    _wait_for(p, run_dir, 2)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # 2) SIGTERM: the run finishes its step, saves a checkpoint and exits with 130.
+    p = _start(_overrides(tiny_chat_model_dir, run_dir))
+    already = _train_steps(run_dir)
+    _wait_for(p, run_dir, already + 1)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, out[-3000:]
+    assert "checkpoint saved" in out
+    assert "resumed from" in out
+    # 3) resume to the end
+    p = _start(_overrides(tiny_chat_model_dir, run_dir))
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+
+    got = _comparable(_rows(run_dir))
+    assert sorted(got) == sorted(want), "metrics.jsonl must hold each step once"
+    for step in want:
+        assert set(got[step]) == set(want[step]), step
+        for k, v in want[step].items():
+            if isinstance(v, float) and math.isfinite(v):
+                assert abs(got[step][k] - v) <= 1e-5 * max(1.0, abs(v)), (step, k, got[step][k], v)
+            else:
+                assert got[step][k] == v, (step, k)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()
+    assert "cost:" in json.loads((run_dir / "summary.json").read_text())["cost"]
+
+
+def test_unknown_key_fails_before_loading_anything(tmp_path):
+    p = _start(["grpo.aggregaton=seq_sum_const"])
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2
+    assert "unknown config key 'grpo.aggregaton'; did you mean 'aggregation'" in out

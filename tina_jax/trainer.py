@@ -1,0 +1,484 @@
+"""The training loop: rollout -> rewards -> advantages -> grpo_step(s) -> eval -> checkpoint.
+
+    summary = train(load_config("configs/smollm2_arith_cpu.yaml"))
+
+Everything here is orchestration; the concepts live in their modules (models, adapters, sampling,
+rl, rewards, data, checkpoint, runlog). A run directory holds ``config.yaml`` (the resolved config),
+``data_report.json``, ``metrics.jsonl``, ``tb/``, ``samples.log``, ``checkpoints/`` and ``progress.png``.
+
+Resuming is exact: the sampler key of step s is ``fold_in(key(seed), s)``, the grain iterator state,
+the trainable parameters, the optimizer state and the step rng are checkpointed, and the frozen
+pieces (base weights, adapter constants) are rebuilt deterministically from the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tina_jax import config as config_lib
+from tina_jax import optim, sharding
+from tina_jax.config import RunConfig
+from tina_jax.rl import advantages as adv_lib
+from tina_jax.rl.grpo import GrpoConfig, TrainState, init_state, make_grpo_step, make_logprob_fn, policy_params
+from tina_jax.rl.losses import LossConfig
+
+log = logging.getLogger("tina_jax.trainer")
+
+# Rewards whose value says "correct" (for accuracy metrics), with the threshold that means correct.
+_CORRECTNESS = {"accuracy": 1.0, "gsm8k_strict": 1.0, "kk": 2.0}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, empty data, ...); the message says why and what to try."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------
+def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
+    """(train examples, eval examples, report) with prompts rendered by the tokenizer's chat template."""
+    from tina_jax.data import pipeline
+
+    d = cfg.data
+
+    def load(source, split, n):
+        kw: dict[str, Any] = {}
+        if source.startswith("synthetic:"):
+            kw = {"n": n, "seed": d.seed}
+            if split in (None, "train"):
+                kw["n_eval"] = d.n_eval if d.eval == source else 0
+            else:
+                kw["n_train"] = d.n_train or 0
+        records = pipeline.load_records(source, split, **kw)
+        if n is not None and not source.startswith("synthetic:"):
+            records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
+        return records
+
+    n_train = d.n_train if d.n_train is not None else (5000 if d.train.startswith("synthetic:") else None)
+    common = dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
+                  max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
+    train_ex, train_rep = pipeline.prepare_examples(load(d.train, d.train_split, n_train), tokenizer, **common)
+    eval_ex, eval_rep = [], None
+    if d.eval:
+        eval_ex, eval_rep = pipeline.prepare_examples(load(d.eval, d.eval_split, d.n_eval), tokenizer, **common)
+        eval_ex = eval_ex[:d.n_eval]
+    return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
+
+
+def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
+    from tina_jax import rewards
+
+    fns = []
+    for spec in cfg.rewards:
+        params = dict(spec.params)
+        if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
+            params.setdefault("tokenizer", tokenizer)
+        fns.append((rewards.get_reward(spec.name, **params), spec.weight))
+    return rewards.combine(fns)
+
+
+def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:
+    """(reward name, fn(completions, **fields) -> list[bool]) used for accuracy metrics and eval."""
+    from tina_jax import rewards
+
+    for spec in cfg.rewards:
+        if spec.name in _CORRECTNESS:
+            fn = rewards.get_reward(spec.name, **{k: v for k, v in spec.params.items()
+                                                  if k not in ("length_unit",)})
+            thr = _CORRECTNESS[spec.name]
+            return spec.name, lambda c, **f: [bool(v >= thr) for v in fn(c, **f)]
+    fn = rewards.get_reward("accuracy")
+    return "accuracy", lambda c, **f: [bool(v >= 1.0) for v in fn(c, **f)]
+
+
+def build_adapter(cfg: RunConfig, model_cfg, params):
+    a = cfg.adapter
+    if a.kind == "none":
+        return None
+    from tina_jax import adapters
+
+    hp: dict[str, Any] = dict(r=a.rank, alpha=a.alpha, use_rslora=a.use_rslora)
+    if a.kind == "lora":
+        hp["dropout"] = a.dropout
+    if a.kind == "tinylora":
+        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, share_projections=a.share_projections)
+    return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
+
+
+def grpo_config(cfg: RunConfig) -> GrpoConfig:
+    g, r = cfg.grpo, cfg.rollout
+    loss = LossConfig(aggregation=g.aggregation, clip_eps_low=g.clip_eps_low, clip_eps_high=g.clip_eps_high,
+                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap,
+                      max_completion_length=r.max_new_tokens)
+    return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
+                      temperature=r.temperature if r.temperature > 0 else 1.0)
+
+
+def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:
+    keys = [k for k in examples[0] if k not in skip]
+    return {k: [ex.get(k) for ex in examples for _ in range(repeat)] for k in keys}
+
+
+# ------------------------------------------------------------------------------------------------
+# Rollout and evaluation
+# ------------------------------------------------------------------------------------------------
+def rollout(model_cfg, params, tokenizer, examples: list[dict], sampling, rng, limit: int):
+    """Sample G completions for each example; returns (batch dict for grpo_step, texts, lengths np)."""
+    from tina_jax import sampling as smp
+
+    ids = [ex["prompt_ids"] for ex in examples]
+    p = smp.prompt_bucket(max(map(len, ids)), limit)
+    pad = sampling.pad_token_id or 0
+    prompt_ids, prompt_mask = smp.pad_prompts(ids, p, pad)
+    tokens, logprobs, lengths = smp.sample_tokens(model_cfg, params, jnp.asarray(prompt_ids),
+                                                  jnp.asarray(prompt_mask), rng, sampling)
+    g = sampling.num_samples
+    host_tok, host_len = np.asarray(tokens), np.asarray(lengths)
+    stop = np.asarray(sampling.stop_token_ids or (-1,))
+    last = host_tok[np.arange(len(host_len)), host_len - 1]
+    stopped = np.isin(last, stop)
+    texts = tokenizer.batch_decode([host_tok[i, :host_len[i] - int(stopped[i])].tolist()
+                                    for i in range(len(host_len))], skip_special_tokens=True)
+    n = tokens.shape[1]
+    batch = {
+        "prompt_ids": jnp.repeat(jnp.asarray(prompt_ids), g, axis=0),
+        "prompt_mask": jnp.repeat(jnp.asarray(prompt_mask), g, axis=0),
+        "completion_ids": tokens,
+        "completion_mask": (jnp.arange(n)[None] < lengths[:, None]).astype(jnp.int32),
+        "sampler_logprobs": logprobs,
+    }
+    return batch, texts, host_len, ~stopped
+
+
+def evaluate(model_cfg, params, tokenizer, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
+             rng) -> dict[str, float]:
+    """Greedy accuracy (and sampled accuracy when train.eval_samples > 0) on held-out examples."""
+    t = cfg.train
+    out: dict[str, float] = {}
+    max_new = t.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    modes = [("greedy", sampling_base.replace(temperature=0.0, top_p=1.0, top_k=0, num_samples=1,
+                                              max_new_tokens=max_new))]
+    if t.eval_samples > 0:
+        modes.append(("sampled", sampling_base.replace(temperature=t.eval_temperature, num_samples=t.eval_samples,
+                                                       max_new_tokens=max_new)))
+    for name, s in modes:
+        correct, lengths = [], []
+        bs = max(1, t.eval_batch_size // s.num_samples)
+        for i in range(0, len(examples), bs):
+            chunk = examples[i:i + bs]
+            _, texts, lens, _ = rollout(model_cfg, params, tokenizer, chunk, s, jax.random.fold_in(rng, i),
+                                        cfg.data.max_prompt_length)
+            correct += is_correct(texts, **_field_lists(chunk, s.num_samples))
+            lengths += list(lens)
+        out[f"eval/{name}_accuracy"] = float(np.mean(correct))
+        out[f"eval/{name}_mean_length"] = float(np.mean(lengths))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Stop:
+    signal: int | None = None
+
+    def __call__(self, signum, frame):
+        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting", signum)
+        self.signal = signum
+
+
+def _checkpoint_arrays(state: TrainState) -> dict:
+    """What a checkpoint holds: everything but the frozen base weights. The adapter's frozen constants
+    (SVD factors, random projections) are kept too: an SVD recomputed on another backend may flip signs."""
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "adapter_frozen": state.frozen["adapter"],
+            "rng": jax.random.key_data(state.rng), "step": state.step}
+
+
+def _restore_state(state: TrainState, arrays: dict) -> TrainState:
+    frozen = dict(state.frozen, adapter=arrays["adapter_frozen"])
+    return state.replace(trainable=arrays["trainable"], opt_state=arrays["opt_state"], frozen=frozen,
+                         rng=jax.random.wrap_key_data(arrays["rng"]), step=arrays["step"])
+
+
+def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
+    """Run (or resume) GRPO training as configured; returns the final summary dict."""
+    from tina_jax import checkpoint, runlog, sampling as smp
+    from tina_jax.data import pipeline
+    from tina_jax.models import load_model
+
+    t_start = time.time()
+    run_dir = Path(cfg.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.dump_config(cfg, run_dir / "config.yaml")
+
+    mesh = sharding.make_mesh(cfg.mesh.shape)
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
+    multi = mesh.size > 1
+
+    model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
+                       mesh=mesh if multi else None, remat=cfg.model.remat)
+    mcfg, tok = model.config, model.tokenizer
+    if tok is None:
+        raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
+    console(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
+            f"parameters ({mcfg.family}, {mcfg.param_dtype})")
+
+    train_ex, eval_ex, report = build_data(cfg, tok)
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    console(f"data: {report['train']['kept']}/{report['train']['total']} train examples kept"
+            + (f", {len(eval_ex)} eval" if eval_ex else ""))
+    reward_fn = build_rewards(cfg, tok)
+    correct_name, is_correct = correctness_fn(cfg)
+
+    adapter = build_adapter(cfg, mcfg, model.params)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
+                       keep_reference=adapter is None and cfg.grpo.beta > 0)
+    if adapter is not None:
+        from tina_jax import adapters
+
+        console(adapters.summary(adapter))
+    if multi:
+        from tina_jax.rl.grpo import shard_state
+
+        state = shard_state(state, mesh)
+    gcfg = grpo_config(cfg)
+    step_fn = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
+    old_logprob_fn = make_logprob_fn(gcfg)
+    schedule = optim.lr_schedule(cfg.optim.lr, cfg.optim.schedule, cfg.optim.schedule_steps or cfg.train.max_steps,
+                                 cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
+
+    loader = pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
+                                  num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
+                                  shard_count=jax.process_count())
+    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
+                                   best_metric=f"eval/greedy_accuracy")
+    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
+    start = 0
+    latest = ckpt.latest_step() if resume else None
+    if latest is not None:
+        arrays, meta = ckpt.restore(latest, like=_checkpoint_arrays(state))
+        state = _restore_state(state, arrays)
+        loader.set_state(meta["loader"])
+        start = int(meta["step"])
+        writer.truncate_after(start)
+        console(f"resumed from {run_dir / 'checkpoints'} at step {start}")
+
+    stop_ids = smp.default_stop_token_ids(mcfg, tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    r = cfg.rollout
+    sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                                  top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
+                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length)
+    sample_root = jax.random.key(cfg.train.seed + 1)
+    eval_root = jax.random.key(cfg.train.seed + 2)
+
+    def run_eval(step: int) -> dict:
+        t0 = time.time()
+        m = evaluate(mcfg, policy_params(state), tok, eval_ex, cfg, sampling, is_correct, eval_root)
+        m["time/eval_s"] = time.time() - t0
+        console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
+                + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
+                + f" ({len(eval_ex)} problems, {m['time/eval_s']:.0f}s)")
+        return m
+
+    stopper = _Stop()
+    old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
+    bar = runlog.ProgressBar(total=cfg.train.max_steps, initial=start, log_every=cfg.train.log_every)
+    t = cfg.train
+    last_metrics: dict = {}
+    try:
+        if start == 0 and t.eval_every and eval_ex:
+            writer.write(0, run_eval(0))
+        step = start
+        while step < t.max_steps:
+            t0 = time.time()
+            examples = next(loader)
+            params = policy_params(state)
+            batch, texts, lens, truncated = rollout(mcfg, params, tok, examples, sampling,
+                                                    jax.random.fold_in(sample_root, step), cfg.data.max_prompt_length)
+            t_sample = time.time() - t0
+            fields = _field_lists(examples, r.num_generations)
+            rewards, per_reward = reward_fn(texts, completion_lengths=[int(x) for x in lens], **fields)
+            rewards = np.asarray(rewards, np.float32)
+            t_reward = time.time() - t0 - t_sample
+            batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_generations,
+                                                             cfg.grpo.advantage, cfg.grpo.adv_eps)
+            if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
+                batch["old_logprobs"] = old_logprob_fn(state, batch)
+            n_mb = cfg.grpo.mini_batches
+            mb_rows = rows // n_mb
+            ms = []
+            for _ in range(cfg.grpo.num_iterations):
+                for k in range(n_mb):
+                    mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
+                    state, m = step_fn(state, mb)
+                    ms.append(m)
+            m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
+            if not math.isfinite(m["loss"]):
+                raise TrainingError(
+                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); lower optim.lr, "
+                    f"check the rewards (mean {rewards.mean():.3f}), or set optim.max_grad_norm")
+            step += 1
+            dt = time.time() - t0
+            tokens = int(lens.sum())
+            metrics = {
+                "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
+                "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
+                    jnp.asarray(rewards), r.num_generations)),
+                **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
+                "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
+                **m, "lr": float(schedule(step - 1)),
+                "time/step_s": dt, "time/sample_s": t_sample, "time/reward_s": t_reward,
+                "time/train_s": dt - t_sample - t_reward, "throughput/tokens_per_s": tokens / dt,
+                "time/elapsed_s": time.time() - t_start,
+            }
+            if correct_name in per_reward:
+                metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
+            if t.eval_every and eval_ex and step % t.eval_every == 0:
+                metrics.update(run_eval(step))
+            writer.write(step, metrics)
+            bar.update(step, metrics)
+            last_metrics = metrics
+            if t.sample_every and step % t.sample_every == 0:
+                with open(run_dir / "samples.log", "a") as f:
+                    f.write(runlog.format_samples(step, [examples[i // r.num_generations]["prompt_text"]
+                                                         for i in range(len(texts))], texts, rewards.tolist()))
+            out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
+            if step % t.save_every == 0 or step == t.max_steps or stopper.signal or out_of_time:
+                ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
+                          metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
+            if stopper.signal or out_of_time:
+                console(f"stopping at step {step} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
+                        f" checkpoint saved, rerun the same command to resume")
+                break
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    elapsed = time.time() - t_start
+    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), **last_metrics}
+    if t.plot:
+        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
+    summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
+                                       t.cost_per_device_hour)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    console(summary["cost"])
+    if stopper.signal:
+        raise KeyboardInterrupt(f"stopped by signal {stopper.signal} after saving step {step}")
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------
+# Dry run: everything that does not need the weights
+# ------------------------------------------------------------------------------------------------
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.2f} GiB"
+
+
+def _tree_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
+    """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
+    prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
+    from tina_jax.models import decoder, load_config
+    from tina_jax.rl.grpo import grpo_step
+
+    report: dict[str, Any] = {"config": "ok"}
+    mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
+                       compute_dtype=cfg.model.compute_dtype or cfg.model.dtype or "bfloat16", remat=cfg.model.remat)
+    console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
+            f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
+
+    tok = None
+    try:
+        from tina_jax.models.loading import REGISTRY, load_tokenizer, resolve_source
+
+        entry = REGISTRY.get(cfg.model.source)
+        if entry is None or entry.package is not None or Path(cfg.model.source).exists():
+            tok = load_tokenizer(resolve_source(cfg.model.source))
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(entry.hub_id)
+    except Exception as e:  # offline: the hub is unreachable
+        report["tokenizer"] = f"not available offline ({type(e).__name__}); prompt rendering not checked"
+        console(f"tokenizer: {report['tokenizer']}")
+    if tok is not None:
+        try:
+            train_ex, eval_ex, data_rep = build_data(cfg, tok)
+            report["data"] = data_rep
+            lens = [len(e["prompt_ids"]) for e in train_ex]
+            console(f"data: {data_rep['train']['kept']}/{data_rep['train']['total']} train examples kept, "
+                    f"prompt tokens median {int(np.median(lens))} max {max(lens)}; {len(eval_ex)} eval")
+            console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
+        except Exception as e:
+            if "synthetic:" in cfg.data.train or Path(cfg.data.train).exists():
+                raise
+            report["data"] = f"{cfg.data.train} not reachable offline ({type(e).__name__}): not checked"
+            console(f"data: {report['data']}")
+    build_rewards(cfg, tok)  # reward names and parameters resolve
+
+    # Shapes of the whole step, no allocation.
+    r, g = cfg.rollout, cfg.grpo
+    rows = g.prompts_per_step * r.num_generations
+    mb_rows = rows // g.mini_batches
+    p_len = cfg.data.max_prompt_length
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    shapes = decoder.param_shapes(mcfg)
+
+    def make_state(params):
+        adapter = build_adapter(cfg, mcfg, params)
+        return init_state(mcfg, params, tx, jax.random.key(0), adapter=adapter,
+                          keep_reference=adapter is None and g.beta > 0)
+
+    state = jax.eval_shape(make_state, shapes)
+    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
+    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
+    batch = {"prompt_ids": i32(mb_rows, p_len), "prompt_mask": i32(mb_rows, p_len),
+             "completion_ids": i32(mb_rows, r.max_new_tokens), "completion_mask": i32(mb_rows, r.max_new_tokens),
+             "advantages": f32(mb_rows), "sampler_logprobs": f32(mb_rows, r.max_new_tokens)}
+    new_state, metrics = jax.eval_shape(lambda s, b: grpo_step(s, b, grpo_config(cfg)), state, batch)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+
+    n_dev = max(1, int(np.prod([s for s in cfg.mesh.shape if s > 0])))
+    base = _tree_bytes(shapes)
+    trainable = _tree_bytes(state.trainable)
+    opt = _tree_bytes(state.opt_state)
+    cache_bytes = np.dtype(mcfg.compute_dtype).itemsize
+    kv = rows * (p_len + r.max_new_tokens) * mcfg.num_layers * 2 * mcfg.kv_dim * cache_bytes
+    micro = g.micro_batch_size or mb_rows
+    t_len = p_len + r.max_new_tokens
+    act_factor = 4 if cfg.model.remat else 34  # residual stream copies kept per layer (rough)
+    acts = micro * t_len * mcfg.hidden_size * mcfg.num_layers * cache_bytes * act_factor
+    logits = micro * g.logprob_chunk * mcfg.vocab_size * 4 * 3
+    est = {"base_params": base, "trainable": trainable, "optimizer_state": opt, "rollout_kv_cache": kv,
+           "train_activations (rough)": acts, "logits_chunk": logits}
+    total = sum(est.values())
+    console(f"trainable parameters: {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable)):,}")
+    console("memory estimate (whole job, before sharding over devices):")
+    for k, v in est.items():
+        console(f"  {k:28s} {_gib(v)}")
+    console(f"  {'total':28s} {_gib(total)}  (~{_gib(total / n_dev)} per device over {n_dev} devices "
+            "if everything shards evenly)")
+    report["memory_bytes"] = est
+    report["grpo_step_metrics"] = sorted(metrics)
+    console("dry run OK: config, shapes and the GRPO step trace without the weights")
+    return report
