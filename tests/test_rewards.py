@@ -167,6 +167,30 @@ def test_accuracy_open_r1_flavour(pool):
     assert not bad, [(ACCURACY_OPEN_R1_CASES[i], got[i]) for i in bad]
 
 
+LENIENT_CASES = [
+    # (completion, gold, expected): the final number counts without \\boxed{} or an anchor
+    ("The answer is 156.", "$156$", 1.0),
+    ("75 + 81 = 156", "$156$", 1.0),
+    ("So the sum is 156. This is a classic example.", "$156$", 1.0),
+    ("16 + 77 = 111\n\nThis is a classic example.", "$93$", 0.0),
+    ("\\boxed{93}", "$93$", 1.0),
+    ("no number here", "$93$", 0.0),
+    ("", "$93$", 0.0),
+    ("The result is 0.5", "$\\frac{1}{2}$", 1.0),
+    ("To add 94 and 43 we get 94 + 43 = ", "$137$", 0.0),  # a restated question is not an answer
+    ("The total is 1,234 apples.", "$1234$", 1.0),
+    ("It is -7", "$-7$", 1.0),
+]
+
+
+def test_accuracy_lenient_flavour(pool):
+    fn = R.accuracy_reward(flavour="lenient", pool=pool)
+    got = fn([c for c, _, _ in LENIENT_CASES], solution=[g for _, g, _ in LENIENT_CASES])
+    assert got == [e for _, _, e in LENIENT_CASES]
+    strict = R.accuracy_reward(flavour="tina", pool=pool)(["The answer is 156."], solution=["$156$"])
+    assert strict == [0.0]  # the strict flavours need \\boxed{} or an anchor
+
+
 def test_accuracy_gold_policy_override(pool):
     one = R.accuracy_reward("tina", on_unparseable_gold="one", pool=pool)
     skip = R.accuracy_reward("open_r1", on_unparseable_gold="skip", pool=pool)

@@ -49,8 +49,13 @@ GOLD_UNPARSEABLE = -1
 #   "open_r1": parse(gold, [LatexExtractionConfig()]), verify(answer, gold)
 #              [huggingface/open-r1 src/open_r1/rewards.py accuracy_reward, len_reward,
 #               get_cosine_scaled_reward; Open-RS uses this accuracy_reward]
-CheckMode = Literal["tina", "open_r1"]
-_CHECK_MODES = ("tina", "open_r1")
+#   "lenient": gold as "tina"; the answer as open-r1 extracts it, else the last plain number of the
+#              text ("so the sum is 57." counts); verify(gold, answer). For small models that never box
+#              their answer (the CPU default recipe).
+CheckMode = Literal["tina", "open_r1", "lenient"]
+_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+_LENIENT_TAIL = 1000  # characters searched for the last number
+_CHECK_MODES = ("tina", "open_r1", "lenient")
 
 
 def _require_str_list(completions: Any) -> list[str]:
@@ -167,7 +172,7 @@ def _parse_gold(gold: str, mode: str, step_timeout: int) -> list:
     if key in _GOLD_CACHE:
         return _GOLD_CACHE[key]
     _, gold_tina, gold_open_r1 = _configs()
-    cfg = gold_tina if mode == "tina" else gold_open_r1
+    cfg = gold_open_r1 if mode == "open_r1" else gold_tina
     parsed = parse(gold, extraction_config=cfg, extraction_mode="first_match", parsing_timeout=step_timeout)
     if parsed:
         if len(_GOLD_CACHE) >= _GOLD_CACHE_MAX:
@@ -195,10 +200,17 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
     gold_parsed = _parse_gold(gold, mode, step_timeout)
     if len(gold_parsed) == 0:
         return GOLD_UNPARSEABLE
-    answer_cfg = _configs()[0]
-    answer_parsed = parse(completion, extraction_config=answer_cfg, extraction_mode="first_match",
+    answer_parsed = parse(completion, extraction_config=_configs()[0], extraction_mode="first_match",
                           parsing_timeout=step_timeout)
-    if mode == "tina":
+    if mode == "lenient" and not answer_parsed:
+        # No boxed/anchored answer: the last plain number of the text. Not math-verify's unanchored
+        # expression search, which would credit a restated question ("94 + 43 =" parses as 137).
+        numbers = _NUMBER_RE.findall(completion[-_LENIENT_TAIL:])
+        if not numbers:
+            return WRONG
+        answer_parsed = parse(f"${numbers[-1].replace(',', '')}$", extraction_config=_configs()[1],
+                              parsing_timeout=step_timeout)
+    if mode in ("tina", "lenient"):
         ok = verify(gold_parsed, answer_parsed, timeout_seconds=step_timeout)
     else:
         ok = verify(answer_parsed, gold_parsed, timeout_seconds=step_timeout)
@@ -227,7 +239,7 @@ def answer_verdicts(
 
     Args:
       completions, golds: aligned lists of texts.
-      mode: gold parsing / verify order, ``"tina"`` or ``"open_r1"``.
+      mode: gold parsing / verify order, ``"tina"``, ``"open_r1"`` or ``"lenient"``.
       timeout: seconds per item; an item that times out or whose check raises counts as
         ``WRONG`` (logged as a warning).
       pool: the pool to use; default :func:`tina_jax.rewards.pool.get_pool`.
@@ -265,12 +277,14 @@ def accuracy_reward(
         The completion is parsed the same way in both: ``LatexExtractionConfig(NormalizationConfig(
         nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all",
         units=True), boxed_match_priority=0, try_extract_without_anchor=False)``, so it needs a
-        ``\\boxed{}`` or an anchored LaTeX answer ("final answer is $..$").
+        ``\\boxed{}`` or an anchored LaTeX answer ("final answer is $..$"). ``"lenient"``: gold as
+        in "tina"; the completion as above, else its last plain number (a restated "a + b" does not
+        count), ``verify(gold, answer)``; for small models that never box their answers.
       on_unparseable_gold: what a completion scores when the gold cannot be parsed.
         ``"skip"`` (Tina: the reward returned ``None``; TRL turned it into NaN and left it out of
         the weighted sum) gives ``float("nan")``; :func:`tina_jax.rewards.combine` treats NaN as
         "no reward" (contributes 0 to the total). ``"one"`` (open-r1 / Open-RS) gives 1.0.
-        Default: ``"skip"`` for ``flavour="tina"``, ``"one"`` for ``"open_r1"``.
+        Default: ``"one"`` for ``flavour="open_r1"``, ``"skip"`` otherwise.
       timeout: seconds per completion; a check that times out or crashes scores 0.0 (warning logged).
       gold_field: see :func:`gold_texts` (default: ``solution``, else ``answer``).
       pool: worker pool; default the process-wide one.
@@ -280,7 +294,7 @@ def accuracy_reward(
     if flavour not in _CHECK_MODES:
         raise ValueError(f"flavour must be one of {_CHECK_MODES}, got {flavour!r}")
     if on_unparseable_gold is None:
-        on_unparseable_gold = "skip" if flavour == "tina" else "one"
+        on_unparseable_gold = "one" if flavour == "open_r1" else "skip"
     if on_unparseable_gold not in ("skip", "one"):
         raise ValueError(f"on_unparseable_gold must be 'skip' or 'one', got {on_unparseable_gold!r}")
     no_gold = float("nan") if on_unparseable_gold == "skip" else 1.0
