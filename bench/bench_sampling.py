@@ -19,8 +19,9 @@ GPU (``--gpu``)::
   the memory-bandwidth roofline of a decode step: (weight bytes + KV-cache bytes a step must read) /
   step time / peak bandwidth, with the step time from (total - prefill-only run) / (N - 1).
 
-Timings: the first call (compile + run) is reported separately; steady numbers are medians of
-``--repeats`` runs with fresh keys. The last line is one JSON object.
+Timings: the first call (compile + run) is reported separately; steady numbers are medians (and
+bests) of ``--repeats`` runs with fresh keys, tina_jax and transformers alternating so both see the
+same machine noise. The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -35,37 +36,34 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+def _stats(times: list[float], slots: int) -> dict:
+    med, best = statistics.median(times), min(times)
+    return {"steady_s": med, "best_s": best, "times_s": times, "slots_per_s": slots / med,
+            "best_slots_per_s": slots / best}
 
 
-def _tina_run(model, prompts, sampling, repeats: int, seed: int = 0) -> dict:
+def _tina_runner(model, prompts, sampling, seed: int = 0):
+    """(run(i) -> seconds, info): generate with key fold_in(seed, i); the first call compiles."""
     from tina_jax.sampling import generate
 
     key = jax.random.key(seed)
+    info = {}
 
     def run(i):
+        t0 = time.perf_counter()
         out = generate(model, prompts, sampling, jax.random.fold_in(key, i))
         jax.block_until_ready(out.tokens)
-        return out
+        dt = time.perf_counter() - t0
+        rows, n = out.tokens.shape
+        assert int(np.asarray(out.lengths).min()) == n, "a row stopped early: the workload must ignore EOS"
+        info.update(rows=rows, new_tokens=n, prompt_bucket=int(out.prompt_ids.shape[1]))
+        return dt
 
-    t0 = time.perf_counter()
-    out = run(10_000)
-    first = time.perf_counter() - t0
-    steady, times = _median_time(run, repeats)
-    rows, n = out.tokens.shape
-    assert int(np.asarray(out.lengths).min()) == n, "a row stopped early: the workload must ignore EOS"
-    return {"first_call_s": first, "compile_s_approx": max(first - steady, 0.0), "steady_s": steady,
-            "times_s": times, "rows": rows, "new_tokens": n, "slots_per_s": rows * n / steady,
-            "prompt_bucket": int(out.prompt_ids.shape[1])}
+    return run, info
 
 
-def _hf_run(hf_model, prompt_ids: list[list[int]], pad_id: int, g: int, n: int, repeats: int, device: str) -> dict:
+def _hf_runner(hf_model, prompt_ids: list[list[int]], pad_id: int, g: int, n: int, device: str):
+    """run(i) -> seconds for transformers' generate on the same left-padded prompts."""
     import torch
 
     t = max(map(len, prompt_ids))
@@ -78,20 +76,38 @@ def _hf_run(hf_model, prompt_ids: list[list[int]], pad_id: int, g: int, n: int, 
 
     def run(i, new=n):
         torch.manual_seed(i)
+        t0 = time.perf_counter()
         with torch.no_grad():
             out = hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
                                     top_k=0, num_return_sequences=g, max_new_tokens=new, min_new_tokens=new,
                                     pad_token_id=pad_id)
         if device != "cpu":
             torch.cuda.synchronize()
-        return out
+        dt = time.perf_counter() - t0
+        assert out.shape == (len(prompt_ids) * g, t + new), f"transformers returned {tuple(out.shape)}"
+        return dt
 
-    run(0, 2)  # warm-up (allocator, kernels)
-    steady, times = _median_time(run, repeats)
-    out = run(0)
-    rows, total = out.shape
-    assert total - t == n, f"transformers produced {total - t} new tokens, expected {n}"
-    return {"steady_s": steady, "times_s": times, "rows": rows, "new_tokens": n, "slots_per_s": rows * n / steady}
+    return run
+
+
+def _compare(tina_run, hf_run, repeats: int, slots: int) -> dict:
+    """Warm both up, then alternate tina / transformers runs so both see the same machine noise."""
+    first = tina_run(10_000)
+    res = {"tina_jax": {"first_call_s": first}}
+    if hf_run is not None:
+        hf_run(0, 2)  # warm-up (allocator, kernels)
+    tt, th = [], []
+    for i in range(repeats):
+        tt.append(tina_run(i))
+        if hf_run is not None:
+            th.append(hf_run(i))
+    res["tina_jax"].update(_stats(tt, slots))
+    res["tina_jax"]["compile_s_approx"] = max(first - res["tina_jax"]["steady_s"], 0.0)
+    if hf_run is not None:
+        res["transformers"] = _stats(th, slots)
+        res["speedup_median"] = res["tina_jax"]["slots_per_s"] / res["transformers"]["slots_per_s"]
+        res["speedup_best"] = res["tina_jax"]["best_slots_per_s"] / res["transformers"]["best_slots_per_s"]
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,7 +134,7 @@ def breakdown(model, prompts, sampling, repeats: int = 7) -> dict:
     p = S.prompt_bucket(max(map(len, ids)))
     r = b * g
     hkv, hd, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-    layers = jax.jit(lambda t: S._unstack_layers(t, L))(params["layers"])
+    layers = jax.jit(lambda t: S._decode_layers(cfg, t))(params["layers"])
     rest = {k: v for k, v in params.items() if k != "layers"}
     pkv = [(jnp.zeros((b, hkv, hd, p)), jnp.zeros((b, hkv, p, hd))) for _ in range(L)]
     cache = tuple((jnp.zeros((r, hkv, hd, n)), jnp.zeros((r, hkv, n, hd))) for _ in range(L))
@@ -157,31 +173,37 @@ def run_w1(args) -> dict:
 
     model = tina_jax.load_model("smollm2-135m-instruct", dtype="float32")
     prompts = w1_prompts()
-    sampling = SamplingConfig(max_new_tokens=48, temperature=1.0, top_p=1.0, num_samples=8, stop_token_ids=())
+    g, n = 8, 48
+    sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, num_samples=g, stop_token_ids=())
     res = {"workload": "W1", "backend": jax.default_backend(), "model": "smollm2-135m-instruct", "dtype": "float32",
-           "prompts": len(prompts), "num_samples": 8, "max_new_tokens": 48}
-    res["tina_jax"] = _tina_run(model, prompts, sampling, args.repeats)
-    print(f"tina_jax: {res['tina_jax']['slots_per_s']:.1f} token-slots/s (steady {res['tina_jax']['steady_s']:.2f}s, "
-          f"first call {res['tina_jax']['first_call_s']:.1f}s)", flush=True)
-    if args.breakdown:
-        res["breakdown"] = breakdown(model, prompts, sampling)
-        print("decode step:", {k: round(v, 3) for k, v in res["breakdown"].items()}, flush=True)
+           "prompts": len(prompts), "num_samples": g, "max_new_tokens": n}
+    tina_run, info = _tina_runner(model, prompts, sampling)
+    hf_run = None
     if not args.skip_hf:
         import torch
         from transformers import AutoModelForCausalLM
 
         from tina_jax.models.loading import resolve_source
 
-        path = resolve_source("smollm2-135m-instruct")
-        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
-        ids = encode_prompts(model.tokenizer, prompts)
+        hf = AutoModelForCausalLM.from_pretrained(str(resolve_source("smollm2-135m-instruct")),
+                                                  dtype=torch.float32).eval()
         pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        res["transformers"] = _hf_run(hf, ids, pad, 8, 48, args.repeats, "cpu")
-        res["transformers"]["torch_threads"] = torch.get_num_threads()
-        res["speedup"] = res["tina_jax"]["slots_per_s"] / res["transformers"]["slots_per_s"]
-        print(f"transformers: {res['transformers']['slots_per_s']:.1f} token-slots/s "
-              f"(steady {res['transformers']['steady_s']:.2f}s); tina_jax / transformers = {res['speedup']:.2f}x",
+        hf_run = _hf_runner(hf, encode_prompts(model.tokenizer, prompts), pad, g, n, "cpu")
+        res["torch_threads"] = torch.get_num_threads()
+    slots = len(prompts) * g * n
+    res.update(_compare(tina_run, hf_run, args.repeats, slots))
+    res["tina_jax"].update(info)
+    t = res["tina_jax"]
+    print(f"tina_jax: {t['slots_per_s']:.1f} token-slots/s median (best {t['best_slots_per_s']:.1f}); "
+          f"steady {t['steady_s']:.2f}s, first call {t['first_call_s']:.1f}s", flush=True)
+    if hf_run is not None:
+        h = res["transformers"]
+        print(f"transformers: {h['slots_per_s']:.1f} token-slots/s median (best {h['best_slots_per_s']:.1f}); "
+              f"tina_jax / transformers = {res['speedup_median']:.2f}x median, {res['speedup_best']:.2f}x best",
               flush=True)
+    if args.breakdown:
+        res["breakdown"] = breakdown(model, prompts, sampling)
+        print("decode step:", {k: round(v, 3) for k, v in res["breakdown"].items()}, flush=True)
     return res
 
 
@@ -207,23 +229,7 @@ def run_gpu(args) -> dict:
     res = {"workload": "gpu", "backend": jax.default_backend(), "device": str(jax.devices()[0]),
            "model": "qwen2.5-1.5b-shaped random", "dtype": "bfloat16", "prompts": b, "prompt_len": p,
            "num_samples": g, "max_new_tokens": n}
-    tina = _tina_run(model, prompts, sampling, args.repeats)
-    prefill = _tina_run(model, prompts, sampling.replace(max_new_tokens=1), args.repeats)
-    step_s = (tina["steady_s"] - prefill["steady_s"]) / (n - 1)
-    r = b * g
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k and v, bf16, all layers
-    prompt_kv = b * p * kv_token  # shared by the G rows of a prompt
-    need_kv = prompt_kv + r * (n / 2) * kv_token  # the average valid completion cache over the run
-    read_kv = prompt_kv + r * n * kv_token  # this implementation attends over the whole preallocated cache
-    tina.update(step_ms=1e3 * step_s, prefill_s=prefill["steady_s"], tokens_per_s=tina["slots_per_s"],
-                bytes_per_step_needed=param_bytes + need_kv, bytes_per_step_read=param_bytes + read_kv,
-                roofline_fraction=(param_bytes + need_kv) / step_s / args.peak_bw,
-                bandwidth_fraction_of_bytes_read=(param_bytes + read_kv) / step_s / args.peak_bw)
-    res["tina_jax"] = tina
-    print(f"tina_jax: {tina['tokens_per_s']:.0f} tokens/s, decode step {tina['step_ms']:.2f} ms, "
-          f"{100 * tina['roofline_fraction']:.1f}% of the bandwidth roofline (needed bytes), "
-          f"{100 * tina['bandwidth_fraction_of_bytes_read']:.1f}% counting the bytes actually read", flush=True)
+    hf_run = None
     if not args.skip_hf:
         import torch
         import transformers
@@ -233,11 +239,32 @@ def run_gpu(args) -> dict:
             print("transformers: torch has no CUDA device; running it on the CPU", flush=True)
         hf_cfg = transformers.Qwen2Config(**{k: v for k, v in hf_config.items() if k != "architectures"})
         hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.bfloat16).to(device).eval()
-        res["transformers"] = _hf_run(hf, prompts, 0, g, n, args.repeats, device)
-        res["transformers"]["device"] = device
-        res["speedup"] = tina["tokens_per_s"] / res["transformers"]["slots_per_s"]
+        hf_run = _hf_runner(hf, prompts, 0, g, n, device)
+        res["transformers_device"] = device
+    r = b * g
+    tina_run, info = _tina_runner(model, prompts, sampling)
+    res.update(_compare(tina_run, hf_run, args.repeats, r * n))
+    prefill_run, _ = _tina_runner(model, prompts, sampling.replace(max_new_tokens=1))
+    prefill_run(10_000)
+    prefill_s = statistics.median([prefill_run(i) for i in range(args.repeats)])
+    tina = res["tina_jax"]
+    tina.update(info)
+    step_s = (tina["steady_s"] - prefill_s) / (n - 1)
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2  # k and v, bf16, all layers
+    prompt_kv = b * tina["prompt_bucket"] * kv_token  # shared by the G rows of a prompt
+    need_kv = prompt_kv + r * (n / 2) * kv_token  # the average valid completion cache over the run
+    read_kv = prompt_kv + r * n * kv_token  # this implementation attends over the whole preallocated cache
+    tina.update(step_ms=1e3 * step_s, prefill_s=prefill_s, tokens_per_s=tina["slots_per_s"],
+                bytes_per_step_needed=param_bytes + need_kv, bytes_per_step_read=param_bytes + read_kv,
+                roofline_fraction=(param_bytes + need_kv) / step_s / args.peak_bw,
+                bandwidth_fraction_of_bytes_read=(param_bytes + read_kv) / step_s / args.peak_bw)
+    print(f"tina_jax: {tina['tokens_per_s']:.0f} tokens/s, decode step {tina['step_ms']:.2f} ms, "
+          f"{100 * tina['roofline_fraction']:.1f}% of the bandwidth roofline (needed bytes), "
+          f"{100 * tina['bandwidth_fraction_of_bytes_read']:.1f}% counting the bytes actually read", flush=True)
+    if hf_run is not None:
         print(f"transformers: {res['transformers']['slots_per_s']:.0f} tokens/s; "
-              f"tina_jax / transformers = {res['speedup']:.2f}x", flush=True)
+              f"tina_jax / transformers = {res['speedup_median']:.2f}x", flush=True)
     return res
 
 

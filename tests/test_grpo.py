@@ -159,3 +159,24 @@ def test_sharded_step_matches_one_device_on_8_simulated_devices():
 
 def env_path() -> str:
     return os.environ.get("PYTHONPATH", "")
+
+
+def test_trimming_padding_columns_does_not_change_the_step():
+    from tina_jax.trainer import trim_padding
+
+    batch = make_batch()
+    # widen with extra all-padding columns: 11 on the prompt's left, 13 after the completions
+    wide = dict(batch)
+    for k in ("prompt_ids", "prompt_mask"):
+        wide[k] = jnp.pad(batch[k], ((0, 0), (11, 0)))
+    for k in ("completion_ids", "completion_mask", "sampler_logprobs"):
+        wide[k] = jnp.pad(batch[k], ((0, 0), (0, 13)))
+    trimmed = trim_padding(wide, multiple=4)
+    assert trimmed["prompt_ids"].shape[1] == 8 and trimmed["completion_ids"].shape[1] == 8
+    gc = GrpoConfig(loss=LossConfig(beta=0.04), group_size=G)
+    step = make_grpo_step(gc, donate=False)
+    a, ma = step(make_state(optax.sgd(1.0)), wide)
+    b, mb = step(make_state(optax.sgd(1.0)), trimmed)
+    _leaves_close(a.trainable, b.trainable, 1e-6)
+    for k in ma:
+        assert abs(float(ma[k]) - float(mb[k])) <= 1e-5, k

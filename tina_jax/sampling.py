@@ -20,14 +20,16 @@ How it runs
    own completion cache], computes the logits of that one position and picks the next token. The loop
    stops when every row has emitted a stop token or ``max_new_tokens`` is reached. Loop state: step,
    tokens, logprobs, done, lengths and the completion cache. The layer loop inside a step is unrolled
-   over per-layer weights sliced once before the loop (a temporary copy of the layer weights), so no
-   step copies a stacked weight or cache slice; adapter containers are merged once before the loop.
+   over per-layer weights sliced once before the loop (a temporary copy of the layer weights, with q/k/v
+   and gate/up fused into wider matmuls), so no step copies a stacked weight or cache slice; adapter
+   containers are merged once before the loop.
 3. **Token choice** (``choose_tokens``): greedy = argmax; plain temperature sampling draws from the full
    softmax by a two-level inverse CDF (two uniforms per row; no per-vocabulary-entry random numbers, no
    sort); top-k uses ``lax.top_k``; top-p takes the top ``nucleus_cap`` candidates and applies the
-   nucleus inside them, falling back (``lax.cond``) to a full sort when the candidates do not hold
-   ``top_p`` of the mass, so the distribution is always exactly the one claimed. Step t draws with
-   ``fold_in(rng, t)``.
+   nucleus inside them, falling back (``lax.cond``) to an exact threshold search over the whole
+   vocabulary (bisection on the probability threshold, 32 masked sums; no sort) when the candidates do
+   not hold ``top_p`` of the mass, so the distribution is always exactly the one claimed. Step t draws
+   with ``fold_in(rng, t)``.
 
 Prompt buckets
 --------------
@@ -52,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -80,6 +83,7 @@ MIN_BUCKET = 16
 # when the tokenizer knows them.
 _EOT_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end_of_text|>", "<end_of_turn>")
 _BLOCK = 256  # block size of the two-level inverse-CDF sampler
+_NEG = -1e30  # masked attention score (finite, as in decoder.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +104,7 @@ class SamplingConfig:
         and known end-of-turn tokens); ``()`` = never stop (every row runs ``max_new_tokens``).
       cache_dtype: KV-cache dtype name; ``None`` = the model's compute dtype (bfloat16 on accelerators).
       max_prompt_length: longest accepted prompt; ``None`` = ``max_position_embeddings - max_new_tokens``.
-      nucleus_cap: candidates examined by top-p before falling back to an exact full sort.
+      nucleus_cap: candidates examined by top-p before falling back to the exact threshold search.
       pad_token_id: fills the slots after a row's stop token; ``None`` = the tokenizer's pad id (in
         ``generate``), else 0. Masks never depend on it.
     """
@@ -122,10 +126,12 @@ class SamplingConfig:
 
         if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) \
-                or self.temperature < 0:
+        def is_real(x):
+            return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+        if not is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+        if not is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
         if not is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
@@ -231,14 +237,13 @@ def _inverse_cdf(u: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.minimum(idx, last_pos)
 
 
-def _sample_categorical(key: jax.Array, logp: jax.Array) -> jax.Array:
-    """int32[N]: one draw per row from softmax(logp) [N, K] (logp may be unnormalised, -inf = excluded).
+def _sample_weights(key: jax.Array, w: jax.Array) -> jax.Array:
+    """int32[N]: one draw per row with probability w[:, i] / sum(w) from weights w >= 0 [N, K].
 
     Exact two-level inverse CDF for large K (a block of ``_BLOCK`` entries, then an entry inside it):
     two uniforms per row instead of K Gumbel draws, and no cumulative sum over the whole vocabulary.
     """
-    n, k = logp.shape
-    w = jnp.exp(logp - jnp.max(logp, axis=-1, keepdims=True))
+    n, k = w.shape
     k1, k2 = jax.random.split(key)
     if k <= 2 * _BLOCK:
         return _inverse_cdf(jax.random.uniform(k1, (n,)), w)
@@ -249,6 +254,11 @@ def _sample_categorical(key: jax.Array, logp: jax.Array) -> jax.Array:
     b = _inverse_cdf(jax.random.uniform(k1, (n,)), jnp.sum(blocks, axis=-1))
     inner = jnp.take_along_axis(blocks, b[:, None, None], axis=1)[:, 0]
     return b * _BLOCK + _inverse_cdf(jax.random.uniform(k2, (n,)), inner)
+
+
+def _sample_categorical(key: jax.Array, logp: jax.Array) -> jax.Array:
+    """int32[N]: one draw per row from softmax(logp) [N, K] (logp may be unnormalised, -inf = excluded)."""
+    return _sample_weights(key, jnp.exp(logp - jnp.max(logp, axis=-1, keepdims=True)))
 
 
 def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
@@ -284,10 +294,11 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -
     x = logits if sampling.temperature == 1.0 else logits / sampling.temperature
     top_k = sampling.top_k if 0 < sampling.top_k < v else 0
     top_p = sampling.top_p
-    if top_k == 0 and top_p >= 1.0:  # plain temperature sampling: no sorting at all
-        logp = x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
-        tok = _sample_categorical(key, logp)
-        return tok, _take(logp, tok)
+    if top_k == 0 and top_p >= 1.0:  # plain temperature sampling: one exp pass, no sorting at all
+        m = jnp.max(x, axis=-1, keepdims=True)
+        w = jnp.exp(x - m)
+        tok = _sample_weights(key, w)
+        return tok, _take(x, tok) - m[:, 0] - jnp.log(jnp.sum(w, axis=-1))
     if top_k > 0:
         vals, idx = jax.lax.top_k(x, top_k)
         logq = vals - jax.nn.logsumexp(vals, axis=-1, keepdims=True)
@@ -296,22 +307,52 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sampling: SamplingConfig) -
             return _take(idx, c).astype(jnp.int32), _take(logq, c)
         tok, lp = _nucleus_pick(key, vals, idx, logq, top_p)
         return tok.astype(jnp.int32), lp
-    # top-p over the full vocabulary: capped candidates, exact fallback to a full sort.
+    # top-p over the full vocabulary: the top ``nucleus_cap`` candidates when they hold top_p of the
+    # mass (the usual case), else an exact threshold search over the whole vocabulary.
     lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    cap = min(sampling.nucleus_cap, v)
+    vals, idx = jax.lax.top_k(x, cap)
+    mass = jnp.sum(jnp.exp(vals - lse), axis=-1)
 
-    def nucleus(k):
-        vals, idx = jax.lax.top_k(x, k)
+    def capped():
         tok, lp = _nucleus_pick(key, vals, idx, vals - lse, top_p)
         return tok.astype(jnp.int32), lp
 
-    cap = min(sampling.nucleus_cap, v)
-    if cap == v:
-        return nucleus(v)
-    vals, _ = jax.lax.top_k(x, cap)
-    mass = jnp.sum(jnp.exp(vals - lse), axis=-1)
+    def full():
+        return _nucleus_threshold(key, x - lse, top_p)
+
     # The nucleus lies inside the cap iff the cap's mass reaches top_p (then the next token's
     # "mass before" is >= top_p and it is excluded).
-    return jax.lax.cond(jnp.all(mass >= top_p), lambda: nucleus(cap), lambda: nucleus(v))
+    if cap == v:
+        return capped()
+    return jax.lax.cond(jnp.all(mass >= top_p), capped, full)
+
+
+def _nucleus_threshold(key, logp, top_p):
+    """Exact top-p over an unsorted vocabulary by bisection on the probability threshold.
+
+    Token i is kept iff F(p_i) < top_p, where F(t) = sum of the probabilities > t (the mass before i
+    in descending order; tied probabilities are kept or dropped together). F is monotone, so the kept
+    set is {p_i >= t*}; t* is found exactly by bisection over the float32 bit patterns of p (ordered
+    like the values for p >= 0): 32 masked sums over the vocabulary instead of a sort.
+    Returns (token ids, logprobs under the renormalised nucleus).
+    """
+    p = jnp.exp(logp)
+    bits = jax.lax.bitcast_convert_type(p, jnp.int32)
+    lo = jnp.full((p.shape[0],), -1, jnp.int32)  # F(lo) = total mass >= top_p: not kept
+    hi = jnp.max(bits, axis=-1)  # F(hi) = 0 < top_p: kept
+
+    def step(_, c):
+        lo, hi = c
+        mid = lo + (hi - lo) // 2
+        ok = jnp.sum(jnp.where(bits > mid[:, None], p, 0.0), axis=-1) < top_p
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    _, hi = jax.lax.fori_loop(0, 32, step, (lo, hi))
+    keep = bits >= hi[:, None]
+    w = jnp.where(keep, p, 0.0)
+    tok = _sample_weights(key, w)
+    return tok, _take(logp, tok) - jnp.log(jnp.sum(w, axis=-1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,10 +380,10 @@ def _decode_attention(q, pk, pv, pmask, ck, cv, slot):
     q = q.reshape(r, hkv, rep, hd) * jnp.asarray(hd ** -0.5, dt)
     qp = q.reshape(b, g, hkv, rep, hd).transpose(0, 2, 1, 3, 4).reshape(b, hkv, g * rep, hd)
     s_p = jnp.einsum("bkqd,bkdp->bkqp", qp, pk.astype(dt), preferred_element_type=f32)
-    s_p = jnp.where(pmask[:, None, None, :], s_p, decoder._NEG)
+    s_p = jnp.where(pmask[:, None, None, :], s_p, _NEG)
     s_p = s_p.reshape(b, hkv, g, rep, p).transpose(0, 2, 1, 3, 4).reshape(r, hkv, rep, p)
     s_c = jnp.einsum("nkrd,nkds->nkrs", q, ck.astype(dt), preferred_element_type=f32)
-    s_c = jnp.where(jnp.arange(n) <= slot, s_c, decoder._NEG)
+    s_c = jnp.where(jnp.arange(n) <= slot, s_c, _NEG)
     probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
     p_p, p_c = probs[..., :p], probs[..., p:]
     p_p = p_p.reshape(b, g, hkv, rep, p).transpose(0, 2, 1, 3, 4).reshape(b, hkv, g * rep, p)
@@ -352,16 +393,54 @@ def _decode_attention(q, pk, pv, pmask, ck, cv, slot):
     return (o_p + o_c).reshape(r, 1, hq, hd)
 
 
-def _unstack_layers(tree, num_layers: int) -> list:
-    """[L, ...] leaves -> a list of L per-layer trees (static slices, taken once before the loop)."""
-    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_layers)]
+def _decode_layers(cfg: ModelConfig, layers: Any) -> list[dict]:
+    """Stacked [L, ...] layer parameters -> L per-layer dicts for the decode loop, with the q/k/v
+    kernels (and biases) concatenated into one ``qkv`` kernel and gate/up into ``gate_up`` (fewer,
+    wider matmuls). Built once per call, before the loop (a copy of the layer weights)."""
+    out = []
+    for i in range(cfg.num_layers):
+        p = jax.tree.map(lambda x, i=i: x[i], layers)
+        d = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"], "o_proj": p["o_proj"],
+             "down_proj": p["down_proj"],
+             "qkv": jnp.concatenate([p["q_proj"], p["k_proj"], p["v_proj"]], axis=-1),
+             "gate_up": jnp.concatenate([p["gate_proj"], p["up_proj"]], axis=-1)}
+        if cfg.qkv_bias:
+            d["qkv_bias"] = jnp.concatenate([p["q_bias"], p["k_bias"], p["v_bias"]], axis=-1)
+        if cfg.qk_norm:
+            d["q_norm"], d["k_norm"] = p["q_norm"], p["k_norm"]
+        out.append(d)
+    return out
+
+
+def _decode_block(cfg: ModelConfig, p: dict, h: jax.Array, positions: jax.Array, attend) -> tuple:
+    """``decoder._block`` for decoding with the fused kernels of ``_decode_layers`` (same numerics:
+    every output column is the same dot product). h [R, 1, D]; ``attend(q, k, v) -> (out, extra)``."""
+    dt = as_dtype(cfg.compute_dtype)
+    r, t, _ = h.shape
+    eps = cfg.rms_norm_eps
+    qkv = decoder.rms_norm(h, p["attn_norm"], eps) @ p["qkv"].astype(dt)
+    if cfg.qkv_bias:
+        qkv = qkv + p["qkv_bias"].astype(dt)
+    q, k, v = jnp.split(qkv, [cfg.q_dim, cfg.q_dim + cfg.kv_dim], axis=-1)
+    q = q.reshape(r, t, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(r, t, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(r, t, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q, k = decoder.rms_norm(q, p["q_norm"], eps), decoder.rms_norm(k, p["k_norm"], eps)
+    q, k = decoder.rope(q, positions, cfg.rope_theta), decoder.rope(k, positions, cfg.rope_theta)
+    attn, extra = attend(q, k, v)
+    h = h + attn.reshape(r, t, cfg.q_dim) @ p["o_proj"].astype(dt)
+    gu = decoder.rms_norm(h, p["mlp_norm"], eps) @ p["gate_up"].astype(dt)
+    f = cfg.intermediate_size
+    h = h + (jax.nn.silu(gu[..., :f]) * gu[..., f:]) @ p["down_proj"].astype(dt)
+    return h, extra
 
 
 def _decode_hidden(cfg: ModelConfig, params, layers, tok, positions, slot, prompt_kv, pmask, cache):
     """One decode step for every row: final-norm hidden [R, D] and the completion caches with the new
     keys/values written at ``slot``.
 
-    ``layers``: per-layer parameter trees; ``prompt_kv``: per-layer (pk, pv); ``cache``: per-layer
+    ``layers``: per-layer parameters from ``_decode_layers``; ``prompt_kv``: per-layer (pk, pv); ``cache``: per-layer
     (ck [R, Hkv, hd, N], cv [R, Hkv, N, hd]). The layer loop is unrolled so every cache and weight is
     its own loop-carried / loop-invariant buffer: no per-step dynamic slices (copies) of stacked weights
     or caches, and the cache writes happen in place.
@@ -377,7 +456,7 @@ def _decode_hidden(cfg: ModelConfig, params, layers, tok, positions, slot, promp
             cv = jax.lax.dynamic_update_slice(cv, v.reshape(r, hkv, 1, hd).astype(cv.dtype), (0, 0, slot, 0))
             return _decode_attention(q, pk, pv, pmask, ck, cv, slot), (ck, cv)
 
-        h, kv = decoder._block(cfg, p, h, pos, attend)
+        h, kv = _decode_block(cfg, p, h, pos, attend)
         new_cache.append(kv)
     h = decoder.rms_norm(h[:, 0], params["final_norm"], cfg.rms_norm_eps)
     return h, tuple(new_cache)
@@ -448,7 +527,7 @@ def sample_tokens(config: ModelConfig, params: Any, prompt_ids: jax.Array, promp
                      jnp.zeros((r, config.num_kv_heads, n, config.head_dim), cdt))
                     for _ in range(config.num_layers)),
     )
-    layers = _unstack_layers(params["layers"], config.num_layers)
+    layers = _decode_layers(config, params["layers"])
     prompt_kv = [(pcache["k"][i].transpose(0, 2, 3, 1), pcache["v"][i].transpose(0, 2, 1, 3))
                  for i in range(config.num_layers)]
 
@@ -558,8 +637,10 @@ def default_stop_token_ids(config: ModelConfig, tokenizer=None) -> tuple[int, ..
     if tokenizer is not None:
         if getattr(tokenizer, "eos_token_id", None) is not None:
             ids.add(int(tokenizer.eos_token_id))
-        vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
-        ids.update(int(vocab[t]) for t in _EOT_TOKENS if t in vocab)
+        for t in _EOT_TOKENS:  # present iff the id maps back to the token (unknown tokens map to unk)
+            i = tokenizer.convert_tokens_to_ids(t) if hasattr(tokenizer, "convert_tokens_to_ids") else None
+            if isinstance(i, int) and tokenizer.convert_ids_to_tokens(i) == t:
+                ids.add(i)
     return tuple(sorted(t for t in ids if 0 <= t < config.vocab_size))
 
 

@@ -160,6 +160,24 @@ def rollout(model_cfg, params, tokenizer, examples: list[dict], sampling, rng, l
     return batch, texts, host_len, ~stopped
 
 
+def trim_padding(batch: dict, multiple: int = 16) -> dict:
+    """Drop prompt columns that are padding in every row (left) and completion columns after the longest
+    completion (right), keeping widths multiples of ``multiple`` so few shapes compile. Exact: positions
+    come from the masks and padded keys are masked out, so the step's result does not change."""
+    pm, cm = np.asarray(batch["prompt_mask"]), np.asarray(batch["completion_mask"])
+    p, c = pm.shape[1], cm.shape[1]
+    keep_p = min(p, -(-int(pm.sum(1).max()) // multiple) * multiple)
+    keep_c = min(c, -(-max(1, int(cm.sum(1).max())) // multiple) * multiple)
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("prompt_"):
+            v = v[:, p - keep_p:]
+        elif v.ndim == 2 and v.shape[1] == c:
+            v = v[:, :keep_c]
+        out[k] = v
+    return out
+
+
 def evaluate(model_cfg, params, tokenizer, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
              rng) -> dict[str, float]:
     """Greedy accuracy (and sampled accuracy when train.eval_samples > 0) on held-out examples."""
@@ -315,6 +333,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             t_reward = time.time() - t0 - t_sample
             batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_generations,
                                                              cfg.grpo.advantage, cfg.grpo.adv_eps)
+            batch = trim_padding(batch)
             if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
                 batch["old_logprobs"] = old_logprob_fn(state, batch)
             n_mb = cfg.grpo.mini_batches

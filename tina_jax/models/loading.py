@@ -239,7 +239,8 @@ def load_hf_dir(
             arrays.append(a)
             used.add(n)
         host = np.stack(arrays) if "{i}" in hf_name else arrays[0]
-        host = host.astype(target_dtype)
+        del arrays
+        host = host.astype(target_dtype, copy=False)
         if mesh is not None:
             sharding = jax.sharding.NamedSharding(
                 mesh, shd.spec_for(ppath[-1], host.shape, mesh, "/".join(ppath)))
