@@ -40,6 +40,7 @@ def test_unknown_keys_name_the_nearest_valid_key(data, match):
     ({"grpo": {"aggregation": "mean"}}, r"grpo\.aggregation: 'mean' is not one of"),
     ({"grpo": {"mini_batches": 3}}, r"grpo\.mini_batches: 3 does not divide the 64 completions"),
     ({"grpo": {"micro_batch_size": 5}}, r"grpo\.micro_batch_size: 5 must divide"),
+    ({"grpo": {"micro_batch_size": 4}}, r"grpo\.micro_batch_size: with share_prompts it must be a multiple"),
     ({"adapter": {"kind": "dora"}}, r"adapter\.kind: 'dora' is not one of"),
     ({"adapter": {"u": 0}}, r"adapter\.u: must be >= 1"),
     ({"train": {"max_steps": 0}}, r"train\.max_steps: must be >= 1"),

@@ -180,3 +180,35 @@ def test_trimming_padding_columns_does_not_change_the_step():
     _leaves_close(a.trainable, b.trainable, 1e-6)
     for k in ma:
         assert abs(float(ma[k]) - float(mb[k])) <= 1e-5, k
+
+
+def _grouped_batch(seed: int = 0) -> dict:
+    """make_batch with the G rows of each group sharing their prompt (as a rollout produces)."""
+    batch = make_batch(seed)
+    for k in ("prompt_ids", "prompt_mask"):
+        batch[k] = jnp.repeat(batch[k][::G], G, axis=0)
+    return batch
+
+
+def test_shared_prompt_forward_equals_full_forward():
+    state, batch = make_state(), _grouped_batch()
+    args = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+    full, ent_full = sequence_logprobs(CFG, state.trainable, *args, chunk=4)
+    shared, ent_shared = sequence_logprobs(CFG, state.trainable, *args, chunk=4, group_size=G)
+    cm = np.asarray(batch["completion_mask"]).astype(bool)
+    np.testing.assert_allclose(np.asarray(shared)[cm], np.asarray(full)[cm], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(ent_shared)[cm], np.asarray(ent_full)[cm], atol=2e-5)
+
+
+@pytest.mark.parametrize("micro", [None, G])
+def test_shared_prompt_step_equals_unshared_step(micro):
+    loss = LossConfig(beta=0.04)
+    batch = _grouped_batch()
+    a, ma = make_grpo_step(GrpoConfig(loss=loss, group_size=G), donate=False)(make_state(optax.sgd(1.0)), batch)
+    b, mb = make_grpo_step(GrpoConfig(loss=loss, group_size=G, share_prompts=True, micro_batch_size=micro),
+                           donate=False)(make_state(optax.sgd(1.0)), batch)
+    _leaves_close(a.trainable, b.trainable, 2e-6)
+    for k in ma:
+        assert abs(float(ma[k]) - float(mb[k])) <= 2e-5 * max(1.0, abs(float(ma[k]))), k
+    with pytest.raises(ValueError, match="whole groups"):
+        GrpoConfig(group_size=G, share_prompts=True, micro_batch_size=G + 1)

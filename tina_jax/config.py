@@ -97,6 +97,7 @@ class GrpoSection:
     mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
     micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: whole mini-batch)
     logprob_chunk: int = 64  # sequence chunk for the lm_head/log-softmax (no [B, T, V] logits)
+    share_prompts: bool = True  # run each prompt once for its G completions (same result, fewer FLOPs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,12 @@ def _check_values(c: RunConfig) -> None:
         mb = rows // g.mini_batches
         req(g.micro_batch_size >= 1 and mb % g.micro_batch_size == 0, "grpo.micro_batch_size",
             f"{g.micro_batch_size} must divide the mini-batch of {mb} completions")
+    if g.share_prompts:
+        req((rows // g.mini_batches) % r.num_generations == 0, "grpo.mini_batches",
+            f"with share_prompts each mini-batch must hold whole groups of {r.num_generations}")
+        req(g.micro_batch_size is None or g.micro_batch_size % r.num_generations == 0, "grpo.micro_batch_size",
+            f"with share_prompts it must be a multiple of rollout.num_generations ({r.num_generations}); "
+            "or set grpo.share_prompts=false")
     req(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low/high", "must be >= 0")
     req(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
     req(g.tis_cap is None or g.tis_cap > 0, "grpo.tis_cap", f"must be > 0 or null, got {g.tis_cap}")

@@ -121,7 +121,8 @@ def grpo_config(cfg: RunConfig) -> GrpoConfig:
                       beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap,
                       max_completion_length=r.max_new_tokens)
     return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
-                      temperature=r.temperature if r.temperature > 0 else 1.0)
+                      temperature=r.temperature if r.temperature > 0 else 1.0, group_size=r.num_generations,
+                      share_prompts=g.share_prompts)
 
 
 def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:

@@ -261,3 +261,67 @@ def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02) -> Params:
             x = 1.0 + x
         out.append(x.astype(sd.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training forward with a shared prompt prefix (GRPO: G completions per prompt)
+# ----------------------------------------------------------------------------------------------
+def shared_prefix_hidden_states(
+    cfg: ModelConfig,
+    params: Params,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    completion_ids: jax.Array,
+    completion_mask: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Final-norm hidden states of G completions per prompt, running each prompt through the model once.
+
+    prompt_ids/prompt_mask [Bp, P] (left-padded, one row per distinct prompt); completion_ids/mask [Bp*G, C]
+    (group-major: the G completions of prompt 0 first). Returns (prompt hidden at its last position
+    [Bp, D], completion hidden [Bp*G, C, D]); equal to ``hidden_states`` over the concatenated rows, with
+    the prompt's keys and values computed (and differentiated) once instead of G times.
+    """
+    bp, p = prompt_ids.shape
+    b, c = completion_ids.shape
+    g = b // bp
+    if g * bp != b:
+        raise ValueError(f"{b} completion rows are not a multiple of {bp} prompts")
+    pvalid = prompt_mask.astype(bool)
+    ppos = positions_from_mask(prompt_mask)
+    pmask = jnp.tril(jnp.ones((p, p), bool))[None] & pvalid[:, None, :]
+
+    def prompt_layer(h, lp):
+        h, kv = _block(cfg, lp, h, ppos, lambda q, k, v: (attention(q, k, v, pmask), (k, v)))
+        return h, kv
+
+    cvalid = completion_mask.astype(bool)
+    plen = jnp.repeat(jnp.sum(prompt_mask.astype(jnp.int32), axis=-1), g)
+    cpos = plen[:, None] + jnp.maximum(jnp.cumsum(completion_mask.astype(jnp.int32), axis=-1) - 1, 0)
+    cmask = (jnp.tril(jnp.ones((c, c), bool))[None] & cvalid[:, None, :]).reshape(bp, g, 1, 1, c, c)
+
+    def shared_attention(q, k, v, kp, vp):
+        hq, hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        q = q.reshape(bp, g, c, hkv, hq // hkv, hd)
+        k, v = k.reshape(bp, g, c, hkv, hd), v.reshape(bp, g, c, hkv, hd)
+        s_p = jnp.einsum("bgtkrd,bskd->bgkrts", q, kp, preferred_element_type=jnp.float32)
+        s_c = jnp.einsum("bgtkrd,bgskd->bgkrts", q, k, preferred_element_type=jnp.float32)
+        s_p = jnp.where(pvalid[:, None, None, None, None, :], s_p * hd ** -0.5, _NEG)
+        s_c = jnp.where(cmask, s_c * hd ** -0.5, _NEG)
+        probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(v.dtype)
+        out = (jnp.einsum("bgkrts,bskd->bgtkrd", probs[..., :p], vp)
+               + jnp.einsum("bgkrts,bgskd->bgtkrd", probs[..., p:], v))
+        return out.reshape(b, c, hq, hd)
+
+    def completion_layer(h, xs):
+        lp, kp, vp = xs
+        h, _ = _block(cfg, lp, h, cpos, lambda q, k, v: (shared_attention(q, k, v, kp, vp), None))
+        return h, None
+
+    if cfg.remat:
+        policy = jax.checkpoint_policies.nothing_saveable
+        prompt_layer = jax.checkpoint(prompt_layer, policy=policy)
+        completion_layer = jax.checkpoint(completion_layer, policy=policy)
+    hp, (kp, vp) = jax.lax.scan(prompt_layer, embed(cfg, params, prompt_ids), params["layers"])
+    hc, _ = jax.lax.scan(completion_layer, embed(cfg, params, completion_ids), (params["layers"], kp, vp))
+    final = params["final_norm"]
+    return rms_norm(hp[:, -1], final, cfg.rms_norm_eps), rms_norm(hc, final, cfg.rms_norm_eps)

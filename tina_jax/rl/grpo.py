@@ -50,6 +50,9 @@ class GrpoConfig:
     advantage: str = "grpo"  # grpo | drgrpo | rloo (when the batch carries rewards)
     adv_eps: float = 1e-4
     micro_batch_size: int | None = None  # rows per gradient-accumulation chunk; None = whole batch
+    # Run each prompt through the model once for its G completions (needs group_size; rows group-major,
+    # the G rows of a group share their prompt). Same result, fewer FLOPs; micro-batches hold whole groups.
+    share_prompts: bool = False
     logprob_chunk: int = 64  # sequence positions per lm_head chunk
     temperature: float = 1.0  # logits are divided by the sampler's temperature before log-softmax
 
@@ -60,6 +63,12 @@ class GrpoConfig:
             raise ValueError(f"group_size must be >= 2, got {self.group_size}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        if self.share_prompts:
+            if self.group_size is None:
+                raise ValueError("share_prompts needs group_size (the G completions that share a prompt)")
+            if self.micro_batch_size is not None and self.micro_batch_size % self.group_size:
+                raise ValueError(f"share_prompts: micro_batch_size {self.micro_batch_size} must hold whole "
+                                 f"groups of {self.group_size}")
 
 
 @struct.dataclass
@@ -118,17 +127,25 @@ def reference_params(state: TrainState) -> Any:
 
 def sequence_logprobs(cfg: ModelConfig, params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array,
                       completion_ids: jax.Array, completion_mask: jax.Array, chunk: int = 64,
-                      temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+                      temperature: float = 1.0, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
     """(logp, entropy) f32[B, C] of the completion tokens given their prompts.
 
     Runs the decoder over prompt+completion once; the lm_head and log-softmax run over completion
-    positions only, ``chunk`` positions at a time, so [B, T, V] logits never exist.
+    positions only, ``chunk`` positions at a time, so [B, T, V] logits never exist. With
+    ``group_size`` G > 1 the rows are G-row groups sharing one prompt (group-major) and each prompt is
+    run once (``decoder.shared_prefix_hidden_states``).
     """
     p = prompt_ids.shape[1]
     c = completion_ids.shape[1]
-    ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
-    mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
-    h = decoder.hidden_states(cfg, params, ids, mask)[:, p - 1:p + c - 1]
+    if group_size > 1:
+        h_last, h_c = decoder.shared_prefix_hidden_states(cfg, params, prompt_ids[::group_size],
+                                                          prompt_mask[::group_size], completion_ids,
+                                                          completion_mask)
+        h = jnp.concatenate([jnp.repeat(h_last, group_size, axis=0)[:, None], h_c[:, :-1]], axis=1)
+    else:
+        ids = jnp.concatenate([prompt_ids, completion_ids], axis=1)
+        mask = jnp.concatenate([prompt_mask, completion_mask], axis=1)
+        h = decoder.hidden_states(cfg, params, ids, mask)[:, p - 1:p + c - 1]
     w = materialize(decoder.lm_head(cfg, params))
     return loss_lib.chunked_logprobs(h, w.astype(h.dtype), completion_ids, chunk, temperature)
 
@@ -173,8 +190,17 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     advantages = _advantages(batch, config)
     rows = {k: batch[k] for k in _ROW_KEYS if k in batch}
     rows["advantages"] = advantages
-    # Micro-batch k = rows k, k + n, k + 2n, ...: the leading axis stays evenly sharded over devices.
-    micro = jax.tree.map(lambda x: jnp.moveaxis(x.reshape((mbs, n_micro) + x.shape[1:]), 1, 0), rows)
+    # Micro-batch k = rows k, k + n, k + 2n, ... (or whole groups k, k + n, ... when prompts are shared):
+    # the leading axis stays evenly sharded over devices.
+    gs = config.group_size if config.share_prompts else 1
+    if b % gs or mbs % gs:
+        raise ValueError(f"share_prompts: batch {b} and micro-batch {mbs} must hold whole groups of {gs}")
+
+    def split(x):
+        x = x.reshape((mbs // gs, n_micro, gs) + x.shape[1:])
+        return jnp.moveaxis(x, 1, 0).reshape((n_micro, mbs) + x.shape[3:])
+
+    micro = jax.tree.map(split, rows)
     rng, dropout_root = jax.random.split(state.rng)
     need_ref = lcfg.beta > 0 and "ref_logprobs" not in batch
     ref_params = reference_params(state) if need_ref else None
@@ -182,10 +208,10 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     def micro_loss(trainable, mb, key):
         params = policy_params(state, trainable, dropout_rng=key)
         logp, ent = sequence_logprobs(cfg, params, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
-                                      mb["completion_mask"], config.logprob_chunk, config.temperature)
+                                      mb["completion_mask"], config.logprob_chunk, config.temperature, gs)
         if need_ref:
             ref, _ = sequence_logprobs(cfg, ref_params, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
-                                       mb["completion_mask"], config.logprob_chunk, config.temperature)
+                                       mb["completion_mask"], config.logprob_chunk, config.temperature, gs)
             ref = jax.lax.stop_gradient(ref)
         else:
             ref = mb.get("ref_logprobs")
@@ -299,7 +325,7 @@ def make_logprob_fn(config: GrpoConfig, reference: bool = False):
         params = reference_params(state) if reference else policy_params(state)
         logp, _ = sequence_logprobs(state.model_config, params, batch["prompt_ids"], batch["prompt_mask"],
                                     batch["completion_ids"], batch["completion_mask"], config.logprob_chunk,
-                                    config.temperature)
+                                    config.temperature, config.group_size if config.share_prompts else 1)
         return logp
 
     return jax.jit(fn)
