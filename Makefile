@@ -7,7 +7,7 @@ VPY     := $(VENV)/bin/python
 CONFIG  ?= configs/smollm2_arith_cpu.yaml
 ARGS    ?=
 
-.PHONY: install train test test-slow dry-run demo
+.PHONY: install train test test-slow
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,6 @@ $(VENV)/.installed: pyproject.toml
 
 train: install
 	$(VPY) launch/train.py --config $(CONFIG) $(ARGS)
-
-demo: install
-	$(VPY) launch/demo.py
 
 test: install
 	$(VPY) -m pytest -q $(ARGS)

@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--peak-flops", type=float, default=989e12, help="device peak (H100 bf16 dense: 989e12)")
     ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--no-share-prompts", action="store_true", help="run each row's prompt separately")
     args = ap.parse_args()
 
     if args.gpu:
@@ -93,8 +94,12 @@ def main():
     }
     ad = adapters.init("lora", cfg, params, jax.random.key(1), r=32, alpha=128, dropout=0.0)
     state = init_state(cfg, params, optax.adamw(1e-4), jax.random.key(2), adapter=ad)
+    g = args.rows // (8 if not args.gpu else 64)  # W1: 8 prompts x G; GPU: 64 prompts x G
+    if args.gpu:  # rows of a group share their prompt, as a rollout produces
+        prompt_ids, prompt_mask = np.repeat(prompt_ids[::g], g, 0), np.repeat(prompt_mask[::g], g, 0)
     step = make_grpo_step(GrpoConfig(loss=LossConfig(aggregation="token_mean"), micro_batch_size=args.micro_batch,
-                                     logprob_chunk=args.chunk))
+                                     logprob_chunk=args.chunk, group_size=g,
+                                     share_prompts=not args.no_share_prompts))
     t0 = time.perf_counter()
     state, m = step(state, batch)
     jax.block_until_ready(m)
@@ -109,10 +114,13 @@ def main():
     tokens = int(b * (p_len + c))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     # LoRA step FLOPs: forward 2N per token + backward through activations 2N per token (no base-weight
-    # gradients); adapter FLOPs and attention are ignored (small at these lengths).
+    # gradients); adapter FLOPs and attention are ignored (small at these lengths). Shared prompts are
+    # counted once per group (the work actually needed).
+    if not args.no_share_prompts:
+        tokens = int(b // g * p_len + b * c)
     flops = 4 * n_params * tokens
     res = {"device": jax.devices()[0].device_kind, "model": "qwen2.5-1.5b-shape" if args.gpu else "smollm2-135m",
-           "rows": b, "prompt_len": p_len, "completion_len": c, "micro_batch": args.micro_batch, "remat": args.remat,
+           "rows": b, "share_prompts": not args.no_share_prompts, "prompt_len": p_len, "completion_len": c, "micro_batch": args.micro_batch, "remat": args.remat,
            "compile_plus_first_s": round(first - steady, 2), "step_s": round(steady, 3),
            "tokens_per_s": round(tokens / steady, 1), "model_tflops_per_s": round(flops / steady / 1e12, 3),
            "peak_rss_gib": round(peak_rss_gib(), 2)}

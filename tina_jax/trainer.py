@@ -454,6 +454,9 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
                 raise
             report["data"] = f"{cfg.data.train} not reachable offline ({type(e).__name__}): not checked"
             console(f"data: {report['data']}")
+    else:
+        report["data"] = "not checked (needs the tokenizer to render prompts)"
+        console(f"data: {report['data']}")
     build_rewards(cfg, tok)  # reward names and parameters resolve
 
     # Shapes of the whole step, no allocation.
