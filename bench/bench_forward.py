@@ -11,9 +11,14 @@ import statistics
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def main():
