@@ -241,14 +241,8 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
     rendered = tok.apply_chat_template(inputs["rows"][0]["prompt"], add_generation_prompt=True, tokenize=False)
     dataset = Dataset.from_list(inputs["rows"])
 
-    # The reward tina_jax's trainer builds (as tina_jax.trainer.build_rewards, not imported: it pulls in JAX).
-    fns = []
-    for spec in cfg.rewards:
-        params = dict(spec.params)
-        if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
-            params.setdefault("tokenizer", tok)
-        fns.append((rewards_lib.get_reward(spec.name, **params), spec.weight))
-    combined = rewards_lib.combine(fns)
+    # The reward tina_jax's trainer builds (tina_jax.rewards.build does not import JAX).
+    combined = rewards_lib.build(cfg.rewards, tok)
     seen_problems: list[list[str]] = []
 
     def accuracy(completions, completion_ids=None, **fields) -> list[float]:

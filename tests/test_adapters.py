@@ -22,15 +22,7 @@ KINDS = ("lora", "lora_xs", "tinylora")
 HP = {"lora": dict(r=4, alpha=8.0), "lora_xs": dict(r=4), "tinylora": dict(u=3, n_tie=5)}
 
 
-def _batch(vocab: int, seed: int = 1):
-    """Left-padded batch: rows with 0, 3 and 7 pad tokens (pad id 2)."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(3, vocab, size=(3, 12)).astype(np.int32)
-    mask = np.ones_like(ids)
-    for row, pad in enumerate([0, 3, 7]):
-        ids[row, :pad] = 2
-        mask[row, :pad] = 0
-    return ids, mask
+from test_models import _batch  # noqa: E402  (the left-padded parity batch)
 
 
 _FORWARD = jax.jit(tina_jax.forward, static_argnums=0)  # cached across tests by config and pytree layout

@@ -78,13 +78,7 @@ def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
     from tina_jax import rewards
 
-    fns = []
-    for spec in cfg.rewards:
-        params = dict(spec.params)
-        if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
-            params.setdefault("tokenizer", tokenizer)
-        fns.append((rewards.get_reward(spec.name, **params), spec.weight))
-    return rewards.combine(fns)
+    return rewards.build(cfg.rewards, tokenizer)
 
 
 def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:

@@ -127,6 +127,18 @@ def get_reward(name: str, **params: Any) -> RewardFn:
         raise ValueError(f"bad parameters for reward {name!r}: {e}") from e
 
 
+def build(specs: Sequence[Any], tokenizer: Any = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
+    """``combine`` of the rewards named by ``specs`` (objects with ``name``, ``weight`` and ``params``, as
+    in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``."""
+    fns = []
+    for spec in specs:
+        params = dict(spec.params)
+        if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
+            params.setdefault("tokenizer", tokenizer)
+        fns.append((get_reward(spec.name, **params), spec.weight))
+    return combine(fns)
+
+
 def combine(
     rewards: Sequence[tuple[RewardFn, float]],
 ) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
