@@ -127,32 +127,11 @@ def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_
 # ------------------------------------------------------------------------------------------------
 # Rollout and evaluation
 # ------------------------------------------------------------------------------------------------
-def rollout(model_cfg, params, tokenizer, examples: list[dict], sampling, rng, limit: int):
-    """Sample G completions for each example; returns (batch dict for grpo_step, texts, lengths np)."""
-    from tina_jax import sampling as smp
+def rollout(model, params, examples: list[dict], sampling, rng):
+    """G completions for each example's prompt ids (``tina_jax.sampling.generate``): a ``Generation``."""
+    from tina_jax.sampling import generate
 
-    ids = [ex["prompt_ids"] for ex in examples]
-    p = smp.prompt_bucket(max(map(len, ids)), limit)
-    pad = sampling.pad_token_id or 0
-    prompt_ids, prompt_mask = smp.pad_prompts(ids, p, pad)
-    tokens, logprobs, lengths = smp.sample_tokens(model_cfg, params, jnp.asarray(prompt_ids),
-                                                  jnp.asarray(prompt_mask), rng, sampling)
-    g = sampling.num_samples
-    host_tok, host_len = np.asarray(tokens), np.asarray(lengths)
-    stop = np.asarray(sampling.stop_token_ids or (-1,))
-    last = host_tok[np.arange(len(host_len)), host_len - 1]
-    stopped = np.isin(last, stop)
-    texts = tokenizer.batch_decode([host_tok[i, :host_len[i] - int(stopped[i])].tolist()
-                                    for i in range(len(host_len))], skip_special_tokens=True)
-    n = tokens.shape[1]
-    batch = {
-        "prompt_ids": jnp.repeat(jnp.asarray(prompt_ids), g, axis=0),
-        "prompt_mask": jnp.repeat(jnp.asarray(prompt_mask), g, axis=0),
-        "completion_ids": tokens,
-        "completion_mask": (jnp.arange(n)[None] < lengths[:, None]).astype(jnp.int32),
-        "sampler_logprobs": logprobs,
-    }
-    return batch, texts, host_len, ~stopped
+    return generate(model, [ex["prompt_ids"] for ex in examples], sampling, rng, params=params)
 
 
 def trim_padding(batch: dict, multiple: int = 16) -> dict:
@@ -173,7 +152,7 @@ def trim_padding(batch: dict, multiple: int = 16) -> dict:
     return out
 
 
-def evaluate(model_cfg, params, tokenizer, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
+def evaluate(model, params, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
              rng) -> dict[str, float]:
     """Greedy accuracy (and sampled accuracy when train.eval_samples > 0) on held-out examples."""
     t = cfg.train
@@ -189,10 +168,9 @@ def evaluate(model_cfg, params, tokenizer, examples: list[dict], cfg: RunConfig,
         bs = max(1, t.eval_batch_size // s.num_samples)
         for i in range(0, len(examples), bs):
             chunk = examples[i:i + bs]
-            _, texts, lens, _ = rollout(model_cfg, params, tokenizer, chunk, s, jax.random.fold_in(rng, i),
-                                        cfg.data.max_prompt_length)
-            correct += is_correct(texts, **_field_lists(chunk, s.num_samples))
-            lengths += list(lens)
+            gen = rollout(model, params, chunk, s, jax.random.fold_in(rng, i))
+            correct += is_correct(gen.texts, **_field_lists(chunk, s.num_samples))
+            lengths += np.asarray(gen.lengths).tolist()
         out[f"eval/{name}_accuracy"] = float(np.mean(correct))
         out[f"eval/{name}_mean_length"] = float(np.mean(lengths))
     return out
@@ -299,7 +277,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     def run_eval(step: int) -> dict:
         t0 = time.time()
-        m = evaluate(mcfg, policy_params(state), tok, eval_ex, cfg, sampling, is_correct, eval_root)
+        m = evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root)
         m["time/eval_s"] = time.time() - t0
         console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
                 + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
@@ -319,8 +297,9 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             t0 = time.time()
             examples = next(loader)
             params = policy_params(state)
-            batch, texts, lens, truncated = rollout(mcfg, params, tok, examples, sampling,
-                                                    jax.random.fold_in(sample_root, step), cfg.data.max_prompt_length)
+            gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step))
+            batch, texts = gen.batch(), gen.texts
+            lens, truncated = np.asarray(gen.lengths), np.asarray(gen.truncated)
             t_sample = time.time() - t0
             fields = _field_lists(examples, r.num_generations)
             rewards, per_reward = reward_fn(texts, completion_lengths=[int(x) for x in lens], **fields)
