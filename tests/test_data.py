@@ -23,9 +23,10 @@ from tina_jax.data import (
     synthetic_splits,
 )
 
-SHARED = "/work/shared"
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(_ROOT), "shared")  # ../shared beside the checkout (CI has it too)
 RECIPES_MD = os.path.join(SHARED, "RECIPES.md")
-GSM8K_TEST = os.path.join(SHARED, "data/gsm8k/test.jsonl")
+GSM8K_TEST = os.path.join(_ROOT, "data", "gsm8k", "test.jsonl")  # shipped with the project
 KK_TEST = os.path.join(SHARED, "data/kk/3ppl_test.jsonl")
 
 
@@ -352,9 +353,7 @@ def test_load_local_jsonl_and_parquet(tmp_path):
         load_records(str(tmp_path / "missing.jsonl"))
 
 
-def test_load_shared_gsm8k(tmp_path, tok):
-    if not os.path.exists(GSM8K_TEST):
-        pytest.skip("shared GSM8K file not available")
+def test_load_shipped_gsm8k(tmp_path, tok):
     ds = load_records(GSM8K_TEST, "test", cache_dir=str(tmp_path / "cache"))
     with open(GSM8K_TEST, encoding="utf-8") as f:
         first = [json.loads(next(f)) for _ in range(3)]
