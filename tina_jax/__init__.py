@@ -20,6 +20,8 @@ _EXPORTS = {
     "compute_advantages": "tina_jax.rl.advantages", "policy_params": "tina_jax.rl.grpo",
     # sampling
     "generate": "tina_jax.sampling", "SamplingConfig": "tina_jax.sampling", "Generation": "tina_jax.sampling",
+    # evaluation
+    "evaluate": "tina_jax.evaluation",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -201,6 +201,50 @@ def _restore_state(state: TrainState, arrays: dict) -> TrainState:
                          rng=jax.random.wrap_key_data(arrays["rng"]), step=arrays["step"])
 
 
+def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
+                    console: Callable[[str], None] = print) -> tuple[Any, Any, dict]:
+    """``(model, params, info)`` of a training run's checkpoint: the base model its ``config.yaml`` names,
+    with the checkpoint's trainable weights (an adapter applied as containers, or the full weights).
+
+    ``checkpoint``: ``"best"`` (by held-out greedy accuracy; the latest when no save has a score),
+    ``"last"`` or a step number.
+    """
+    from tina_jax import checkpoint as ckpt_lib
+    from tina_jax.models import load_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise TrainingError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = config_lib.load_config(run_dir / "config.yaml")
+    ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
+                                 best_metric="eval/greedy_accuracy")
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise TrainingError(f"{run_dir / 'checkpoints'} holds no checkpoint")
+        if checkpoint == "last":
+            step = ckpt.latest_step()
+        elif checkpoint == "best":
+            step = ckpt.best_step()
+            if step is None:
+                step = ckpt.latest_step()
+                console(f"{run_dir}: no checkpoint has a held-out score; using the last (step {step})")
+        else:
+            step = int(checkpoint)
+            if step not in steps:
+                raise TrainingError(f"{run_dir}: no checkpoint at step {step}; saved steps: {steps}")
+        model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
+        adapter = build_adapter(cfg, model.config, model.params)
+        state = init_state(model.config, model.params, optim.build_optimizer(cfg.optim, cfg.train.max_steps),
+                           jax.random.key(cfg.train.seed), adapter=adapter)
+        arrays, _ = ckpt.restore(step, like=_checkpoint_arrays(state))
+    finally:
+        ckpt.close()
+    state = _restore_state(state, arrays)
+    info = {"source": cfg.model.source, "run": str(run_dir), "checkpoint": int(step), "adapter": cfg.adapter.kind}
+    return model, policy_params(state), info
+
+
 def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
     """Run (or resume) GRPO training as configured; returns the final summary dict."""
     from tina_jax import checkpoint, runlog, sampling as smp
