@@ -144,8 +144,9 @@ def load_benchmark(name: str, limit: int | None = None, data_dir: str | Path | N
                     raise ValueError(f"{path}:{lineno}: benchmark {name!r} needs fields {b.id_field!r}, "
                                      f"{b.question_field!r} and its gold ({type(e).__name__}: {e})") from None
                 group = None
-                if b.group_field == "num_people":
+                if b.group_field == "num_people":  # K&K indices repeat across sizes: "3ppl-1000"
                     group = f"{len(rec['names'])}ppl"
+                    pid = f"{group}-{pid}"
                 problems.append(Problem(name, pid, question, gold, group, rec))
                 if limit is not None and len(problems) >= limit:
                     return problems

@@ -474,7 +474,8 @@ def compare(a: str | os.PathLike | dict, b: str | os.PathLike | dict) -> str:
         for k in [k for k in ma if k in mb and ("@" in k)]:
             d = mb[k]["mean"] - ma[k]["mean"]
             noise = (ma[k]["std"] ** 2 + mb[k]["std"] ** 2) ** 0.5
-            beyond = "n/a (1 seed)" if noise == 0 else ("yes" if abs(d) > noise else "no")
+            single = ra["settings"]["seeds"] == 1 and rb["settings"]["seeds"] == 1
+            beyond = "n/a (1 seed)" if single else ("yes" if abs(d) > noise else "no")
             lines.append(f"| {bench} | {k} | {_pm(ma[k])} | {_pm(mb[k])} | {100 * d:+.1f} | {beyond} |")
     only = sorted(set(ra["benchmarks"]) ^ set(rb["benchmarks"]))
     if only:
