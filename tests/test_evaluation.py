@@ -251,3 +251,36 @@ def test_smollm2_gsm8k_50_verdicts_equal_math_verify(tmp_path):
     direct = [_lighteval_direct(r["completion"], r["gold"], "expr") for r in rows]
     assert [r["correct"] for r in rows] == direct and sum(direct) > 0
     assert res["benchmarks"]["gsm8k"]["metrics"]["avg@1"]["mean"] == pytest.approx(np.mean(direct))
+
+
+def test_training_run_logs_benchmark_eval_and_its_checkpoint_evaluates_the_same(tiny_chat_model_dir, tmp_path):
+    """The eval section runs inside training (every N steps and at the end, logged as
+    eval/<benchmark>/<metric>), and load_run_policy restores exactly the weights it evaluated."""
+    from tina_jax import trainer
+    from tina_jax.config import load_config
+    from tina_jax.runlog import read_metrics
+
+    run = tmp_path / "run"
+    cfg = load_config(None, [
+        f"model.source={tiny_chat_model_dir}", f"train.run_dir={run}", "train.max_steps=3", "train.save_every=1",
+        "train.eval_every=0", "rollout.num_generations=2", "grpo.prompts_per_step=2", "rollout.max_new_tokens=8",
+        "adapter.rank=4", "optim.lr=0.05", "train.plot=false", "train.tensorboard=false",
+        "rewards=[{name: cosine, weight: 1.0, params: {max_len: 100}}]",
+        "eval.benchmarks=[gsm8k, amc23]", "eval.protocol=greedy", "eval.limit=2", "eval.every=2",
+        "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16"])
+    summary = trainer.train(cfg, console=lambda s: None)
+    rows = read_metrics(run / "metrics.jsonl")
+    evals = {r["step"]: r for r in rows if "eval/gsm8k/avg@1" in r}
+    assert sorted(evals) == [2, 3]  # every 2 steps, and the final weights at the end
+    assert "eval/average/avg@1" in evals[3] and "eval/amc23/avg@1" in summary
+    assert (run / "eval" / "step_3" / "results.json").is_file()
+    model, params, info = trainer.load_run_policy(run, "last", console=lambda s: None)
+    assert info["checkpoint"] == 3
+    res = evaluation.evaluate(model, ["gsm8k", "amc23"], "greedy", params=params, limit=2, max_new_tokens=6,
+                              seed=cfg.train.seed, out_dir=tmp_path / "again", progress=False)
+    inside = sorted((r["benchmark"], r["id"], r["completion"]) for r in _rows(run / "eval" / "step_3" / "samples.jsonl"))
+    again = sorted((r["benchmark"], r["id"], r["completion"]) for r in _rows(tmp_path / "again" / "samples.jsonl"))
+    assert inside == again
+    base = sorted((r["benchmark"], r["id"], r["completion"]) for r in _rows(run / "eval" / "step_2" / "samples.jsonl"))
+    assert base != inside, "the weights must move between steps 2 and 3 for this test to bite"
+    assert res["benchmarks"]["gsm8k"]["num_problems"] == 2

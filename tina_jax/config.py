@@ -135,6 +135,24 @@ class TrainSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Benchmark evaluation during and after training (``tina_jax.evaluation``); logged as
+    ``eval/<benchmark>/<metric>`` and written under ``<run_dir>/eval/step_<N>/``. Independent of the
+    held-out evaluation of ``data.eval`` (``train.eval_every``)."""
+
+    benchmarks: tuple[str, ...] = ()  # e.g. [aime24, amc23, math500]; empty = none
+    protocol: str = "greedy"  # lighteval | gsm8k_strict | kk | greedy
+    limit: int | None = None  # first N problems of each benchmark
+    every: int = 0  # also every N training steps (0 = only at the end)
+    at_end: bool = True  # evaluate the final weights when the run ends
+    samples: int | None = None  # None: the protocol's default
+    seeds: int | None = None
+    max_new_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSection:
     shape: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1
 
@@ -149,6 +167,7 @@ class RunConfig:
     grpo: GrpoSection = GrpoSection()
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
     mesh: MeshSection = MeshSection()
 
     def to_dict(self) -> dict:
@@ -212,8 +231,28 @@ def _check_values(c: RunConfig) -> None:
             near = difflib.get_close_matches(spec.name, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known rewards: {sorted(known)}"
             raise ConfigError(f"rewards[{i}].name: unknown reward {spec.name!r}{hint}")
+    _check_eval(c.eval)
     if any(m <= 0 for m in c.mesh.shape if m != -1) or list(c.mesh.shape).count(-1) > 1:
         raise ConfigError(f"mesh.shape: entries must be positive (one may be -1), got {c.mesh.shape}")
+
+
+def _check_eval(e: EvalSection) -> None:
+    from tina_jax.evaluation import get_benchmark, get_protocol
+
+    try:
+        proto = get_protocol(e.protocol)
+        for i, b in enumerate(e.benchmarks):
+            fam = get_benchmark(b).family
+            if fam not in proto.benchmarks:
+                raise ValueError(f"benchmarks[{i}]: protocol {e.protocol!r} does not apply to {b!r} ({fam})")
+        proto.replace(samples=e.samples, seeds=e.seeds, max_new_tokens=e.max_new_tokens,
+                      temperature=e.temperature, top_p=e.top_p).check()
+    except ValueError as err:
+        raise ConfigError(f"eval: {err}") from None
+    if e.limit is not None and e.limit < 1:
+        raise ConfigError(f"eval.limit: must be >= 1 or null, got {e.limit}")
+    if e.every < 0:
+        raise ConfigError(f"eval.every: must be >= 0 (0 = only at the end), got {e.every}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -328,6 +328,24 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 + f" ({len(eval_ex)} problems, {m['time/eval_s']:.0f}s)")
         return m
 
+    def run_bench_eval(step: int) -> dict:
+        """The eval section's benchmarks on the current weights (``tina_jax.evaluation``)."""
+        from tina_jax import evaluation
+
+        e, t0 = cfg.eval, time.time()
+        res = evaluation.evaluate(
+            model, list(e.benchmarks), e.protocol, params=policy_params(state), samples=e.samples, seeds=e.seeds,
+            limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+            out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
+            model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
+        m = evaluation.flat_metrics(res)
+        m["time/bench_eval_s"] = time.time() - t0
+        key = f"avg@{res['settings']['samples']}"
+        console(f"step {step}: {e.protocol} " + ", ".join(
+            f"{b} {v['metrics'][key]['mean']:.3f}" for b, v in res["benchmarks"].items())
+            + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
+        return m
+
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
     bar = runlog.ProgressBar(total=cfg.train.max_steps, initial=start, log_every=cfg.train.log_every)
@@ -385,6 +403,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
             if t.eval_every and eval_ex and step % t.eval_every == 0:
                 metrics.update(run_eval(step))
+            if cfg.eval.benchmarks and cfg.eval.every and step % cfg.eval.every == 0:
+                metrics.update(run_bench_eval(step))
             writer.write(step, metrics)
             bar.update(step, metrics)
             last_metrics = metrics
@@ -400,6 +420,12 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 console(f"stopping at step {step} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
                         f" checkpoint saved, rerun the same command to resume")
                 break
+        # The final weights on the eval section's benchmarks (cached samples make a repeat cheap).
+        if (cfg.eval.benchmarks and cfg.eval.at_end and not stopper.signal and step >= t.max_steps
+                and not (cfg.eval.every and step > start and step % cfg.eval.every == 0)):
+            final = run_bench_eval(step)
+            writer.write(step, final)
+            last_metrics = {**last_metrics, **final}
     finally:
         ckpt.wait()
         ckpt.close()
@@ -475,6 +501,25 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
         report["data"] = "not checked (needs the tokenizer to render prompts)"
         console(f"data: {report['data']}")
     build_rewards(cfg, tok)  # reward names and parameters resolve
+    if cfg.eval.benchmarks:  # benchmark files present; prompts render and fit the context
+        from tina_jax import evaluation
+
+        e = cfg.eval
+        proto = evaluation.get_protocol(e.protocol).replace(max_new_tokens=e.max_new_tokens)
+        if proto.max_new_tokens >= mcfg.max_position_embeddings:
+            raise ValueError(f"eval: max_new_tokens {proto.max_new_tokens} does not fit the model's "
+                             f"{mcfg.max_position_embeddings}-token context; set eval.max_new_tokens")
+        counts = {b: len(evaluation.load_benchmark(b, limit=e.limit)) for b in e.benchmarks}
+        if tok is not None:
+            from tina_jax.data.prompts import build_messages, get_recipe, render_prompts
+
+            for b in e.benchmarks:
+                p = evaluation.load_benchmark(b, limit=1)[0]
+                recipe = get_recipe(proto.recipe_for(evaluation.get_benchmark(b).family))
+                render_prompts(tok, [build_messages({recipe.field: p.question}, recipe)])
+        report["eval"] = counts
+        console(f"eval at the end{f' and every {e.every} steps' if e.every else ''}: {e.protocol} on "
+                + ", ".join(f"{b} ({n})" for b, n in counts.items()) + f", {proto.max_new_tokens} new tokens")
 
     # Shapes of the whole step, no allocation.
     r, g = cfg.rollout, cfg.grpo
