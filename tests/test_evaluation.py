@@ -284,3 +284,29 @@ def test_training_run_logs_benchmark_eval_and_its_checkpoint_evaluates_the_same(
     base = sorted((r["benchmark"], r["id"], r["completion"]) for r in _rows(run / "eval" / "step_2" / "samples.jsonl"))
     assert base != inside, "the weights must move between steps 2 and 3 for this test to bite"
     assert res["benchmarks"]["gsm8k"]["num_problems"] == 2
+
+
+def test_cli_adapter_evaluates_the_exported_peft_adapter(tiny_model, tiny_chat_model_dir, tmp_path):
+    """--adapter PEFT_DIR gives the same completions as evaluating the adapter from Python."""
+    import jax
+
+    from tina_jax import adapters
+
+    ad = adapters.init("lora", tiny_model.config, tiny_model.params, jax.random.key(3), r=4, alpha=8)
+    ad = ad.replace(trainable=jax.tree.map(lambda x: x + 0.5 * jax.random.normal(jax.random.key(4), x.shape),
+                                           ad.trainable))  # B = 0 at init: move it so the adapter matters
+    peft_dir = adapters.export_peft(ad, tiny_model.config, tmp_path / "peft")
+    evaluation.evaluate(tiny_model, ["gsm8k"], "greedy", params=adapters.apply(tiny_model.params, ad), limit=2,
+                        max_new_tokens=6, out_dir=tmp_path / "py", progress=False, console=lambda s: None)
+    base = evaluation.evaluate(tiny_model, ["gsm8k"], "greedy", limit=2, max_new_tokens=6, out_dir=tmp_path / "base",
+                               progress=False, console=lambda s: None)
+    r = subprocess.run([sys.executable, str(EVAL), "--model", str(tiny_chat_model_dir), "--adapter", str(peft_dir),
+                        "--benchmarks", "gsm8k", "--limit", "2", "--max-new-tokens", "6", "--out",
+                        str(tmp_path / "cli"), "--no-progress"], capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    comp = lambda d: [x["completion"] for x in sorted(_rows(d / "samples.jsonl"), key=lambda x: x["id"])]  # noqa: E731
+    assert comp(tmp_path / "cli") == comp(tmp_path / "py")
+    assert comp(tmp_path / "cli") != comp(tmp_path / "base"), "the adapter must change the outputs"
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["model"]["adapter"].endswith("peft")
+    assert base["benchmarks"]["gsm8k"]["num_problems"] == 2

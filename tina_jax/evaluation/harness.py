@@ -8,8 +8,8 @@ How it runs
    template (``samples.jsonl`` keeps the rendered text exactly as tokenised).
 2. Problems are sorted by prompt length and cut into batches under a budget: ``rows = problems x n <=
    max_rows`` and ``rows x (prompt bucket + max_new_tokens) <= batch_tokens``; the number of problems in
-   a batch is a power of two and a short last batch is padded with a repeat (discarded), so few programs
-   compile. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
+   a batch is a power of two and a short last batch is padded with repeats (discarded) to the next power of
+   two, so few programs compile. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
 3. Seed s of batch b samples with ``fold_in(fold_in(key(seed + s), crc32(benchmark)), b)``: the same
    arguments give the same batches and the same tokens.
 4. ``samples.jsonl`` (one line per problem, sample and seed) is appended batch by batch and is the
@@ -53,7 +53,7 @@ def plan_batches(prompt_lengths: Sequence[int], n: int, max_new_tokens: int, max
                  batch_tokens: int, prompt_limit: int | None = None) -> list[list[int]]:
     """Problem indices per batch: sorted by prompt length, at most ``max_rows`` rows (problems x n) and
     ``batch_tokens`` row-tokens (rows x (prompt bucket + max_new_tokens)) per batch, the problem count a
-    power of two (the last batch may hold fewer; the caller pads it)."""
+    power of two (the last batch may hold fewer; the caller pads it to a power of two)."""
     from tina_jax.sampling import prompt_bucket
 
     order = sorted(range(len(prompt_lengths)), key=lambda i: (prompt_lengths[i], i))
@@ -276,7 +276,7 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
         for s in range(proto.seeds):
             for bi, idx in enumerate(batches):
                 if any((rb.name, rb.problems[i].id, s, j) not in cache for i in idx for j in range(n)):
-                    work.append((rb, s, bi, idx, len(batches[0])))
+                    work.append((rb, s, bi, idx, 1 << (len(idx) - 1).bit_length()))  # pad to a power of two
     total_rows = sum(len(w[3]) * n for w in work)
     cached = sum(len(rb.problems) for rb in rendered) * n * proto.seeds - total_rows
     if cached:
