@@ -63,7 +63,8 @@ class DataSection:
     max_prompt_length: int = 512
     overlong: Literal["skip", "truncate_left"] = "skip"
     seed: int = 0
-    num_epochs: int | None = None  # None: loop forever (max_steps decides)
+    num_epochs: int | None = None  # None: loop forever (max_steps decides); else the run ends with the data
+    shuffle: bool = True  # a fresh permutation per epoch; false keeps file order (verl data.shuffle=False)
 
 
 @dataclasses.dataclass(frozen=True)

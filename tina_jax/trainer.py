@@ -75,6 +75,22 @@ def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
     return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
 
 
+def build_loader(cfg: RunConfig, train_ex: list):
+    """The grain batch loader over the training examples (one batch = one rollout's prompts)."""
+    from tina_jax.data import pipeline
+
+    return pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
+                                num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
+                                shard_count=jax.process_count(), shuffle=cfg.data.shuffle)
+
+
+def data_step_limit(cfg: RunConfig, loader) -> int | None:
+    """Rollout steps the data allows (batches per epoch x data.num_epochs), None when endless."""
+    if cfg.data.num_epochs is None:
+        return None
+    return loader.batches_per_epoch * cfg.data.num_epochs
+
+
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
     from tina_jax import rewards
 
@@ -204,7 +220,6 @@ def _restore_state(state: TrainState, arrays: dict) -> TrainState:
 def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
     """Run (or resume) GRPO training as configured; returns the final summary dict."""
     from tina_jax import checkpoint, runlog, sampling as smp
-    from tina_jax.data import pipeline
     from tina_jax.models import load_model
 
     t_start = time.time()
@@ -250,9 +265,13 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     schedule = optim.lr_schedule(cfg.optim.lr, cfg.optim.schedule, cfg.optim.schedule_steps or cfg.train.max_steps,
                                  cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
 
-    loader = pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
-                                  num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
-                                  shard_count=jax.process_count())
+    loader = build_loader(cfg, train_ex)
+    data_steps = data_step_limit(cfg, loader)
+    last_step = min(cfg.train.max_steps, data_steps) if data_steps is not None else cfg.train.max_steps
+    if last_step < cfg.train.max_steps:
+        console(f"data: {data_steps} steps of {cfg.grpo.prompts_per_step} prompts "
+                f"({loader.batches_per_epoch} per epoch x {cfg.data.num_epochs} epochs) < train.max_steps "
+                f"{cfg.train.max_steps}: the run ends at step {data_steps}")
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
                                    best_metric=f"eval/greedy_accuracy")
     writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
@@ -286,16 +305,23 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = runlog.ProgressBar(total=cfg.train.max_steps, initial=start, log_every=cfg.train.log_every)
+    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every)
     t = cfg.train
     last_metrics: dict = {}
     try:
         if start == 0 and t.eval_every and eval_ex:
             writer.write(0, run_eval(0))
         step = start
-        while step < t.max_steps:
+        while step < last_step:
             t0 = time.time()
-            examples = next(loader)
+            try:
+                examples = next(loader)
+            except StopIteration:  # fewer batches than counted (should not happen): end cleanly all the same
+                last_step = step
+                if step > start:
+                    ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
+                              metrics={k: v for k, v in last_metrics.items() if k.startswith("eval/")} or None)
+                break
             params = policy_params(state)
             gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step))
             batch, texts = gen.batch(), gen.texts
@@ -339,8 +365,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             }
             if correct_name in per_reward:
                 metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
-            if t.eval_every and eval_ex and step % t.eval_every == 0:
-                metrics.update(run_eval(step))
+            if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
+                metrics.update(run_eval(step))  # the final evaluation runs here at step == last_step
             writer.write(step, metrics)
             bar.update(step, metrics)
             last_metrics = metrics
@@ -349,7 +375,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                     f.write(runlog.format_samples(step, [examples[i // r.num_generations]["prompt_text"]
                                                          for i in range(len(texts))], texts, rewards.tolist()))
             out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
-            if step % t.save_every == 0 or step == t.max_steps or stopper.signal or out_of_time:
+            if step % t.save_every == 0 or step == last_step or stopper.signal or out_of_time:
                 ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
                           metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
             if stopper.signal or out_of_time:
@@ -365,7 +391,11 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             signal.signal(s, h)
 
     elapsed = time.time() - t_start
-    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), **last_metrics}
+    exhausted = step >= last_step and last_step < t.max_steps
+    if exhausted:
+        console(f"data exhausted at step {step} (train.max_steps {t.max_steps}); final checkpoint saved")
+    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
+               **last_metrics}
     if t.plot:
         summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
@@ -386,6 +416,20 @@ def _gib(nbytes: float) -> str:
 
 def _tree_bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
+    steps = data_step_limit(cfg, loader)
+    t = cfg.train
+    if steps is None:
+        console(f"data allows endless steps (data.num_epochs null; {loader.batches_per_epoch} per epoch); "
+                f"train.max_steps {t.max_steps}")
+    else:
+        end = (f"the run ends at step {steps} (data exhausted)" if steps < t.max_steps
+               else f"train.max_steps {t.max_steps} uses {t.max_steps / loader.batches_per_epoch:.2f} epochs")
+        console(f"data allows {steps} steps ({loader.batches_per_epoch} batches of {cfg.grpo.prompts_per_step} "
+                f"prompts per epoch x {cfg.data.num_epochs} epochs); {end}")
+    return steps
 
 
 def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
@@ -422,6 +466,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             console(f"data: {data_rep['train']['kept']}/{data_rep['train']['total']} train examples kept, "
                     f"prompt tokens median {int(np.median(lens))} max {max(lens)}; {len(eval_ex)} eval")
             console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
+            report["data_steps"] = _report_data_steps(cfg, build_loader(cfg, train_ex), console)
         except Exception as e:
             if "synthetic:" in cfg.data.train or Path(cfg.data.train).exists():
                 raise
@@ -430,6 +475,16 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     else:
         report["data"] = "not checked (needs the tokenizer to render prompts)"
         console(f"data: {report['data']}")
+        if Path(cfg.data.train).exists() and cfg.data.num_epochs is not None:
+            from tina_jax.data import pipeline
+
+            n = len(pipeline.load_records(cfg.data.train, cfg.data.train_split))
+            steps = n // cfg.grpo.prompts_per_step * cfg.data.num_epochs
+            report["data_steps_upper_bound"] = steps
+            console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
+                    f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
+                    f"{cfg.train.max_steps}" + (" EXCEEDS it: the run would end early" if steps < cfg.train.max_steps
+                                                else ""))
     build_rewards(cfg, tok)  # reward names and parameters resolve
 
     # Shapes of the whole step, no allocation.
