@@ -7,6 +7,7 @@ import pytest
 
 from tina_jax.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
 
+ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
@@ -74,3 +75,33 @@ def test_batch_not_divisible_by_mesh_is_an_early_error():
 
     with pytest.raises(ValueError, match=r"rollout mini-batch.*64.*not divisible by data x fsdp = 3"):
         check_batch_divides(64, FakeMesh(), "rollout mini-batch (completions)")
+
+
+def test_logprob_temperature_per_recipe():
+    """grpo.logprob_temperature: 'sampling' follows rollout.temperature (verl); the Tina and Open-RS recipes
+    score at 1.0 as their TRL versions did while sampling at 0.7."""
+    from tina_jax.config import load_config, logprob_temperature
+    from tina_jax.trainer import grpo_config
+
+    cfg = load_config(None, ["rollout.temperature=0.6"])
+    assert cfg.grpo.logprob_temperature == "sampling" and logprob_temperature(cfg) == 0.6
+    assert grpo_config(cfg).logprob_temperature == 0.6
+    assert grpo_config(load_config(None, ["grpo.logprob_temperature=1.0", "rollout.temperature=0.6"])
+                       ).logprob_temperature == 1.0
+    for name in ("tina_open_rs2", "tina_open_rs3", "open_rs3_full"):
+        c = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert c.rollout.temperature == 0.7 and grpo_config(c).logprob_temperature == 1.0, name
+    c = load_config(ROOT / "configs" / "tinylora_gsm8k.yaml")
+    assert c.grpo.logprob_temperature == "sampling"
+    with pytest.raises(ConfigError, match="grpo.logprob_temperature"):
+        load_config(None, ["grpo.logprob_temperature=0"])
+
+
+def test_tis_rejects_truncated_sampling_and_other_logprob_temperatures():
+    from tina_jax.config import load_config
+
+    with pytest.raises(ConfigError, match="top_p"):
+        load_config(None, ["grpo.tis_cap=2.0", "rollout.top_p=0.95"])
+    with pytest.raises(ConfigError, match="logprob_temperature"):
+        load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7", "grpo.logprob_temperature=1.0"])
+    load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7"])

@@ -212,3 +212,29 @@ def test_shared_prompt_step_equals_unshared_step(micro):
         assert abs(float(ma[k]) - float(mb[k])) <= 2e-5 * max(1.0, abs(float(ma[k]))), k
     with pytest.raises(ValueError, match="whole groups"):
         GrpoConfig(group_size=G, share_prompts=True, micro_batch_size=G + 1)
+
+
+@pytest.mark.parametrize("temp", [1.0, 0.7])
+def test_kl_and_logprobs_use_the_logprob_temperature(temp):
+    """TRL 0.15.2 / Feb-2025 TRL (Tina, Open-RS) score log_softmax(logits) at T=1 although they sample at 0.7;
+    verl scores logits / T. The k3 KL of grpo_step equals the NumPy formula on logits / logprob_temperature."""
+    gc = GrpoConfig(loss=LossConfig(beta=0.04), group_size=G, logprob_temperature=temp)
+    step = make_grpo_step(gc, donate=False)
+    state = make_state(optax.sgd(1.0))
+    s1, _ = step(state, make_batch())
+    batch = make_batch(seed=1)
+    _, m = step(s1, batch)
+    ids = jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], 1)
+
+    def logp(params):
+        z = np.asarray(tina_jax.forward(CFG, params, ids, mask), np.float64)[:, P - 1:-1] / temp
+        z = z - z.max(-1, keepdims=True)
+        lz = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return np.take_along_axis(lz, np.asarray(batch["completion_ids"])[..., None], -1)[..., 0]
+
+    d = logp(state.trainable) - logp(s1.trainable)  # ref - policy
+    cm = np.asarray(batch["completion_mask"])
+    want = ((np.exp(d) - d - 1) * cm).sum() / cm.sum()
+    assert want > 1e-6
+    assert abs(float(m["kl"]) - want) <= 1e-4 * want + 1e-7

@@ -99,6 +99,9 @@ class GrpoSection:
     micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: whole mini-batch)
     logprob_chunk: int = 64  # sequence chunk for the lm_head/log-softmax (no [B, T, V] logits)
     share_prompts: bool = True  # run each prompt once for its G completions (same result, fewer FLOPs)
+    # Policy/reference/old logprobs use log_softmax(logits / T) with T this number, or "sampling" =
+    # rollout.temperature (verl, TRL >= 0.16). Tina's TRL 0.15.2 and Open-RS's TRL (2025-02-25): 1.0.
+    logprob_temperature: float | Literal["sampling"] = "sampling"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,6 +162,14 @@ class RunConfig:
 # ------------------------------------------------------------------------------------------------
 # Validation of values (beyond types)
 # ------------------------------------------------------------------------------------------------
+def logprob_temperature(c: RunConfig) -> float:
+    """The T of the trainer's logprobs, log_softmax(logits / T) (``grpo.logprob_temperature``)."""
+    t = c.grpo.logprob_temperature
+    if t == "sampling":
+        return c.rollout.temperature if c.rollout.temperature > 0 else 1.0
+    return float(t)
+
+
 def _check_values(c: RunConfig) -> None:
     def req(ok: bool, key: str, msg: str):
         if not ok:
@@ -191,6 +202,18 @@ def _check_values(c: RunConfig) -> None:
     req(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
     req(g.tis_cap is None or g.tis_cap > 0, "grpo.tis_cap", f"must be > 0 or null, got {g.tis_cap}")
     req(g.logprob_chunk >= 1, "grpo.logprob_chunk", "must be >= 1")
+    req(g.logprob_temperature == "sampling" or g.logprob_temperature > 0, "grpo.logprob_temperature",
+        f"must be > 0 or 'sampling', got {g.logprob_temperature}")
+    if g.tis_cap is not None:
+        # TIS weighs by trainer / sampler probability of the same token: both must describe one distribution.
+        req(r.top_p >= 1.0 and r.top_k == 0, "grpo.tis_cap",
+            f"truncated importance sampling compares the trainer's full-softmax logprobs with the sampler's, "
+            f"which are those of the top-p/top-k truncated distribution (rollout.top_p={r.top_p}, "
+            f"top_k={r.top_k}): every weight would be <= 1. Set rollout.top_p=1.0 and rollout.top_k=0, "
+            "or grpo.tis_cap=null")
+        req(r.temperature > 0 and abs(logprob_temperature(c) - r.temperature) < 1e-12, "grpo.tis_cap",
+            f"truncated importance sampling needs grpo.logprob_temperature equal to the sampling temperature "
+            f"({r.temperature}), got {g.logprob_temperature}: set grpo.logprob_temperature=sampling")
     req(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     req(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     req(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")

@@ -131,7 +131,7 @@ def grpo_config(cfg: RunConfig) -> GrpoConfig:
                       beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap,
                       max_completion_length=r.max_new_tokens)
     return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
-                      temperature=r.temperature if r.temperature > 0 else 1.0, group_size=r.num_generations,
+                      logprob_temperature=config_lib.logprob_temperature(cfg), group_size=r.num_generations,
                       share_prompts=g.share_prompts)
 
 
