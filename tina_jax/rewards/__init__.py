@@ -22,7 +22,7 @@ kk                   ``kk_reward(scoring="logic_rl")``           Logic-RL / warm
 ``get_reward(name, **params)`` builds one by name; ``combine([(fn, weight), ...])`` sums them.
 
 NaN means "no reward": ``accuracy`` (Tina flavour, ``on_unparseable_gold="skip"``) returns NaN when
-the gold answer cannot be parsed, where Tina's TRL returned ``None`` (made NaN by TRL and dropped by
+the gold answer cannot be parsed or verify raises or times out, where Tina's reward returned ``None`` (made NaN by TRL and dropped by
 its ``nansum``). :func:`combine` does the same: a NaN contributes 0 to the weighted total. Code that
 consumes per-reward columns should use ``nanmean`` for logging.
 
@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 from tina_jax.rewards.math import (
     CORRECT,
     GOLD_UNPARSEABLE,
+    MATH_VERIFY_TIMEOUT,
+    VERIFY_FAILED,
     WRONG,
     accuracy_reward,
     answer_verdicts,
@@ -63,7 +65,9 @@ from tina_jax.rewards.shaping import (
 __all__ = [
     "CORRECT",
     "GOLD_UNPARSEABLE",
+    "MATH_VERIFY_TIMEOUT",
     "REWARD_NAMES",
+    "VERIFY_FAILED",
     "WRONG",
     "CheckerPool",
     "RewardFn",
