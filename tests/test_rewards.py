@@ -801,3 +801,19 @@ def test_default_timeouts_are_math_verifys_own():
     assert _limits(None) == (R.MATH_VERIFY_TIMEOUT, 4.0 * R.MATH_VERIFY_TIMEOUT)
     assert inspect.signature(R.accuracy_reward).parameters["timeout"].default is None
     assert inspect.signature(R.check_answer).parameters["step_timeout"].default == R.MATH_VERIFY_TIMEOUT
+
+
+def test_length_reward_is_normalised_per_group_in_a_run():
+    """Kimi-1.5 length reward: TRL called reward functions per device micro-batch (one group of G in the paper
+    recipes), so L_min/L_max are per group. Two groups of 2: 'x'*10 vs 'x'*30 and 'y'*100 vs 'y'*20."""
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(name="length", weight=1.0, params={})
+    texts = [B + "{1}" + "x" * 10, B + "{2}" + "x" * 30, B + "{1}" + "y" * 100, B + "{1}" + "y" * 20]
+    total, _ = R.build([spec], group_size=2)(texts, solution=["$1$"] * 4)
+    # per group: shortest -> 0.5, longest -> -0.5; wrong answers -> min(0, lambda)
+    assert total == pytest.approx([0.5, -0.5, -0.5, 0.5])
+    whole, _ = R.build([spec])(texts, solution=["$1$"] * 4)  # one range over all 4 (open-r1 on a whole batch)
+    lo, hi = min(map(len, texts)), max(map(len, texts))
+    assert whole == pytest.approx([0.5 - (len(texts[0]) - lo) / (hi - lo), min(0.0, 0.5 - (len(texts[1]) - lo) / (hi - lo)),
+                                   0.5 - (len(texts[2]) - lo) / (hi - lo), 0.5 - (len(texts[3]) - lo) / (hi - lo)])

@@ -94,7 +94,7 @@ def data_step_limit(cfg: RunConfig, loader) -> int | None:
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
     from tina_jax import rewards
 
-    return rewards.build(cfg.rewards, tokenizer)
+    return rewards.build(cfg.rewards, tokenizer, group_size=cfg.rollout.num_generations)
 
 
 def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:

@@ -131,14 +131,19 @@ def get_reward(name: str, **params: Any) -> RewardFn:
         raise ValueError(f"bad parameters for reward {name!r}: {e}") from e
 
 
-def build(specs: Sequence[Any], tokenizer: Any = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
+def build(specs: Sequence[Any], tokenizer: Any = None,
+          group_size: int | None = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
     """``combine`` of the rewards named by ``specs`` (objects with ``name``, ``weight`` and ``params``, as
-    in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``."""
+    in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``;
+    ``length`` normalises within groups of ``group_size`` completions unless its params say otherwise
+    (TRL called reward functions per device micro-batch: one group of G in the paper recipes)."""
     fns = []
     for spec in specs:
         params = dict(spec.params)
         if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
             params.setdefault("tokenizer", tokenizer)
+        if spec.name == "length" and group_size is not None:
+            params.setdefault("group_size", group_size)
         fns.append((get_reward(spec.name, **params), spec.weight))
     return combine(fns)
 
