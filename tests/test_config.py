@@ -105,3 +105,18 @@ def test_tis_rejects_truncated_sampling_and_other_logprob_temperatures():
     with pytest.raises(ConfigError, match="logprob_temperature"):
         load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7", "grpo.logprob_temperature=1.0"])
     load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7"])
+
+
+@pytest.mark.parametrize("name", ["open_rs3_full", "tina_open_rs3"])
+def test_open_rs_cosine_is_not_clamped(name):
+    """Open-RS / Tina's cosine reward (open-r1 code) uses cos(pi L / max_len) with L in characters, unclamped:
+    a wrong answer of 5000 characters scores -0.5 + 0.25 (1 + cos(pi 5000 / 3584)), not -0.5."""
+    import math
+
+    from tina_jax import rewards
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    fn = rewards.build([s for s in cfg.rewards if s.name == "cosine"])
+    total, _ = fn(["x" * 4990 + "\\boxed{3}"], solution=["$2$"])
+    L = 4990 + len("\\boxed{3}")
+    assert total[0] == pytest.approx(2.0 * (-0.5 + 0.25 * (1 + math.cos(math.pi * L / 3584))), abs=1e-9)
