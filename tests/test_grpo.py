@@ -26,9 +26,10 @@ def _leaves_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_const"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "microbatch_token_mean", "seq_mean_token_mean",
+                                         "seq_sum_const"])
 def test_micro_batching_equals_full_batch(aggregation):
-    loss = LossConfig(aggregation=aggregation, beta=0.04, max_completion_length=6, tis_cap=2.0)
+    loss = LossConfig(aggregation=aggregation, beta=0.04, max_completion_length=6, tis_cap=2.0, microbatch_rows=G)
     state = make_state(optax.sgd(1.0))
     batch = make_batch()
     full_state, full_m = make_grpo_step(GrpoConfig(loss=loss, group_size=G), donate=False)(state, batch)
@@ -238,3 +239,21 @@ def test_kl_and_logprobs_use_the_logprob_temperature(temp):
     want = ((np.exp(d) - d - 1) * cm).sum() / cm.sum()
     assert want > 1e-6
     assert abs(float(m["kl"]) - want) <= 1e-4 * want + 1e-7
+
+
+def test_microbatch_token_mean_is_open_rs_loss():
+    """Open-RS's TRL (2025-02-25): loss = (per_token_loss * mask).sum() / mask.sum() on each device micro-batch
+    (one group of G), averaged over micro-batches. With one update per rollout (ratio 1, no KL) the loss is
+    mean_g [ -sum_{i in g} A_i n_i / N_g ], and it differs from one token mean over the step."""
+    batch = make_batch(with_sampler=False)
+    state = make_state(optax.sgd(0.1))
+    adv = np.asarray(compute_advantages(batch["rewards"], G, "grpo"))
+    n = np.asarray(batch["completion_mask"]).sum(1)
+    want = np.mean([-(adv[g:g + G] * n[g:g + G]).sum() / n[g:g + G].sum() for g in range(0, len(n), G)])
+    cfg = GrpoConfig(loss=LossConfig(aggregation="microbatch_token_mean", microbatch_rows=G), group_size=G,
+                     micro_batch_size=2)  # interleaved accumulation chunks straddle the groups: still exact
+    _, m = make_grpo_step(cfg, donate=False)(state, batch)
+    assert abs(float(m["loss"]) - want) < 1e-6
+    _, m_dapo = make_grpo_step(GrpoConfig(loss=LossConfig(), group_size=G), donate=False)(state, batch)
+    assert abs(float(m_dapo["loss"]) - float(-(adv * n).sum() / n.sum())) < 1e-6
+    assert abs(float(m_dapo["loss"]) - want) > 1e-3

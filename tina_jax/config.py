@@ -88,12 +88,17 @@ class GrpoSection:
     prompts_per_step: int = 8
     advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     adv_eps: float = 1e-4
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_sum_const"] = "token_mean"
+    # token_mean: one token mean over the optimizer step (DAPO); microbatch_token_mean: token mean within
+    # each block of aggregation_rows rows, mean over blocks (Open-RS's TRL, later "bnpo"); seq_mean_token_mean:
+    # mean over sequences of each one's token mean (Tina's TRL 0.15.2); seq_sum_const: sum / (B x L) (Dr.GRPO)
+    aggregation: Literal["token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const"] = "token_mean"
+    aggregation_rows: int | None = None  # microbatch_token_mean's block (rows); None = rollout.num_generations
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     beta: float = 0.0
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = None
+    dual_clip: float | None = None  # dual-clip PPO c (> 1): for A < 0 the ratio is capped at c (verl: 3)
     num_iterations: int = 1  # optimizer passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
     micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: whole mini-batch)
@@ -201,6 +206,11 @@ def _check_values(c: RunConfig) -> None:
     req(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low/high", "must be >= 0")
     req(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
     req(g.tis_cap is None or g.tis_cap > 0, "grpo.tis_cap", f"must be > 0 or null, got {g.tis_cap}")
+    req(g.dual_clip is None or g.dual_clip > 1, "grpo.dual_clip", f"must be > 1 or null, got {g.dual_clip}")
+    if g.aggregation == "microbatch_token_mean":
+        blk = g.aggregation_rows or r.num_generations
+        req(blk >= 1 and (rows // g.mini_batches) % blk == 0, "grpo.aggregation_rows",
+            f"{blk} rows per block must divide the mini-batch of {rows // g.mini_batches} completions")
     req(g.logprob_chunk >= 1, "grpo.logprob_chunk", "must be >= 1")
     req(g.logprob_temperature == "sampling" or g.logprob_temperature > 0, "grpo.logprob_temperature",
         f"must be > 0 or 'sampling', got {g.logprob_temperature}")

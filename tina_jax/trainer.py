@@ -128,8 +128,10 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
 def grpo_config(cfg: RunConfig) -> GrpoConfig:
     g, r = cfg.grpo, cfg.rollout
     loss = LossConfig(aggregation=g.aggregation, clip_eps_low=g.clip_eps_low, clip_eps_high=g.clip_eps_high,
-                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap,
-                      max_completion_length=r.max_new_tokens)
+                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap, dual_clip=g.dual_clip,
+                      max_completion_length=r.max_new_tokens,
+                      microbatch_rows=(g.aggregation_rows or r.num_generations)
+                      if g.aggregation == "microbatch_token_mean" else None)
     return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
                       logprob_temperature=config_lib.logprob_temperature(cfg), group_size=r.num_generations,
                       share_prompts=g.share_prompts)

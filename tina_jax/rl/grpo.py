@@ -194,6 +194,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     advantages = _advantages(batch, config)
     rows = {k: batch[k] for k in _ROW_KEYS if k in batch}
     rows["advantages"] = advantages
+    if lcfg.aggregation == "microbatch_token_mean":  # normalisers from the whole batch: exact for any split
+        rows["block_tokens"] = loss_lib.block_token_counts(batch["completion_mask"], lcfg.microbatch_rows)
     # Micro-batch k = rows k, k + n, k + 2n, ... (or whole groups k, k + n, ... when prompts are shared):
     # the leading axis stays evenly sharded over devices.
     gs = config.group_size if config.share_prompts else 1
@@ -222,7 +224,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
         old = mb.get("old_logprobs")
         s, d, msums = loss_lib.policy_loss(logp, old, mb["advantages"], mb["completion_mask"], lcfg,
                                            ref_logp=ref if lcfg.beta > 0 else None,
-                                           sampler_logp=mb.get("sampler_logprobs"))
+                                           sampler_logp=mb.get("sampler_logprobs"),
+                                           block_tokens=mb.get("block_tokens"))
         valid = mb["completion_mask"] != 0
         msums["entropy"] = jnp.sum(jnp.where(valid, jax.lax.stop_gradient(ent), 0.0))
         if "sampler_logprobs" in mb:
@@ -261,7 +264,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
         "entropy": means["entropy"],
         "clip_frac_low": means["clip_low"],
         "clip_frac_high": means["clip_high"],
-        "clip_fraction": means["clip_low"] + means["clip_high"],
+        "clip_frac_dual": means["clip_dual"],
+        "clip_fraction": means["clip_low"] + means["clip_high"] + means["clip_dual"],
         "ratio_dev": means["ratio_dev"],
         "completion_tokens": m_sum["tokens"],
         "advantage_abs_mean": jnp.mean(jnp.abs(advantages)),
