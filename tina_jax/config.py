@@ -116,6 +116,8 @@ class OptimSection:
     min_lr_ratio: float = 0.1
     warmup_ratio: float = 0.1
     schedule_steps: int | None = None  # steps the schedule spans (Tina: 2x the steps run); None = max_steps
+    schedule_unit: Literal["rollout", "update"] = "rollout"  # one schedule step per rollout (verl) or update
+    warmup_steps: int | None = None  # overrides warmup_ratio (HF: ceil(ratio x N); verl: int(ratio x N))
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -227,6 +229,7 @@ def _check_values(c: RunConfig) -> None:
     req(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     req(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     req(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    req(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     req(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0 or null")
     req(o.schedule_steps is None or o.schedule_steps >= t.max_steps, "optim.schedule_steps",
         f"must be >= train.max_steps ({t.max_steps}) or null")

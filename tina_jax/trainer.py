@@ -137,6 +137,11 @@ def grpo_config(cfg: RunConfig) -> GrpoConfig:
                       share_prompts=g.share_prompts)
 
 
+def updates_per_rollout(cfg: RunConfig) -> int:
+    """Optimizer updates after each rollout: grpo.num_iterations passes x grpo.mini_batches."""
+    return cfg.grpo.num_iterations * cfg.grpo.mini_batches
+
+
 def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:
     keys = [k for k in examples[0] if k not in skip]
     return {k: [ex.get(k) for ex in examples for _ in range(repeat)] for k in keys}
@@ -250,7 +255,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     correct_name, is_correct = correctness_fn(cfg)
 
     adapter = build_adapter(cfg, mcfg, model.params)
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
                        keep_reference=adapter is None and cfg.grpo.beta > 0)
     if adapter is not None:
@@ -264,8 +269,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     gcfg = grpo_config(cfg)
     step_fn = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
     old_logprob_fn = make_logprob_fn(gcfg)
-    schedule = optim.lr_schedule(cfg.optim.lr, cfg.optim.schedule, cfg.optim.schedule_steps or cfg.train.max_steps,
-                                 cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
+    k_updates = updates_per_rollout(cfg)
+    schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, k_updates)  # update count -> rate
 
     loader = build_loader(cfg, train_ex)
     data_steps = data_step_limit(cfg, loader)
@@ -340,6 +345,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 batch["old_logprobs"] = old_logprob_fn(state, batch)
             n_mb = cfg.grpo.mini_batches
             mb_rows = rows // n_mb
+            first_update = int(state.step)
             ms = []
             for _ in range(cfg.grpo.num_iterations):
                 for k in range(n_mb):
@@ -360,7 +366,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                     jnp.asarray(rewards), r.num_generations)),
                 **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
                 "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
-                **m, "lr": float(schedule(step - 1)),
+                **m, "lr": float(np.mean([schedule(first_update + j) for j in range(k_updates)])),
                 "time/step_s": dt, "time/sample_s": t_sample, "time/reward_s": t_reward,
                 "time/train_s": dt - t_sample - t_reward, "throughput/tokens_per_s": tokens / dt,
                 "time/elapsed_s": time.time() - t_start,
@@ -494,7 +500,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     rows = g.prompts_per_step * r.num_generations
     mb_rows = rows // g.mini_batches
     p_len = cfg.data.max_prompt_length
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     shapes = decoder.param_shapes(mcfg)
 
     def make_state(params):
