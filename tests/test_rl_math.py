@@ -100,6 +100,15 @@ def test_advantages_validation():
         zero_advantage_group_fraction(jnp.zeros(5), 2)
 
 
+def test_group_std_mean_is_trls_reward_std():
+    from tina_jax.rl import group_std_mean
+
+    r = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 2, 0, 0], np.float32)
+    want = np.mean([np.std(g, ddof=1) for g in r.reshape(4, 4)])  # torch .std() is unbiased
+    np.testing.assert_allclose(float(group_std_mean(jnp.asarray(r), 4)), want, rtol=1e-6)
+    assert abs(want - np.std(r)) > 0.05  # differs from the batch std, which is logged too
+
+
 def test_zero_advantage_group_fraction():
     r = jnp.array([1, 1, 1, 0, 0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 2, 0, 0], jnp.float32)
     np.testing.assert_allclose(float(zero_advantage_group_fraction(r, 4)), 1 / 4)

@@ -362,6 +362,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             tokens = int(lens.sum())
             metrics = {
                 "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
+                "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_generations)),
                 "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
                     jnp.asarray(rewards), r.num_generations)),
                 **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
