@@ -120,3 +120,21 @@ def test_open_rs_cosine_is_not_clamped(name):
     total, _ = fn(["x" * 4990 + "\\boxed{3}"], solution=["$2$"])
     L = 4990 + len("\\boxed{3}")
     assert total[0] == pytest.approx(2.0 * (-0.5 + 0.25 * (1 + math.cos(math.pi * L / 3584))), abs=1e-9)
+
+
+def test_tinylora_recipe_has_verls_details():
+    """The authors' verl script: data.shuffle=False, GRPO advantage eps 1e-6, dual-clip c=3 (verl default),
+    348 steps, warm-up int(0.05 x 348) = 17 scheduler steps stepped once per rollout."""
+    from tina_jax.data import make_loader
+    from tina_jax.trainer import build_loader, grpo_config
+
+    c = load_config(ROOT / "configs" / "tinylora_gsm8k.yaml")
+    assert (c.data.shuffle, c.grpo.adv_eps, c.grpo.dual_clip) == (False, 1e-6, 3.0)
+    assert (c.train.max_steps, c.optim.warmup_steps, c.optim.schedule_unit) == (348, 17, "rollout")
+    assert grpo_config(c).loss.dual_clip == 3.0
+    examples = [{"prompt_ids": [i], "i": i} for i in range(10)]
+    loader = build_loader(load_config(None, ["data.shuffle=false", "grpo.prompts_per_step=4", "data.num_epochs=2"]),
+                          examples)
+    assert [[e["i"] for e in next(loader)] for _ in range(4)] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
+    shuffled = make_loader(examples, 4, seed=0, num_epochs=1)
+    assert [e["i"] for e in next(shuffled)] != [0, 1, 2, 3]
