@@ -7,6 +7,7 @@ import pytest
 
 from tina_jax.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config
 
+ROOT = Path(__file__).parents[1]
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
@@ -74,3 +75,66 @@ def test_batch_not_divisible_by_mesh_is_an_early_error():
 
     with pytest.raises(ValueError, match=r"rollout mini-batch.*64.*not divisible by data x fsdp = 3"):
         check_batch_divides(64, FakeMesh(), "rollout mini-batch (completions)")
+
+
+def test_logprob_temperature_per_recipe():
+    """grpo.logprob_temperature: 'sampling' follows rollout.temperature (verl); the Tina and Open-RS recipes
+    score at 1.0 as their TRL versions did while sampling at 0.7."""
+    from tina_jax.config import load_config, logprob_temperature
+    from tina_jax.trainer import grpo_config
+
+    cfg = load_config(None, ["rollout.temperature=0.6"])
+    assert cfg.grpo.logprob_temperature == "sampling" and logprob_temperature(cfg) == 0.6
+    assert grpo_config(cfg).logprob_temperature == 0.6
+    assert grpo_config(load_config(None, ["grpo.logprob_temperature=1.0", "rollout.temperature=0.6"])
+                       ).logprob_temperature == 1.0
+    for name in ("tina_open_rs2", "tina_open_rs3", "open_rs3_full"):
+        c = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert c.rollout.temperature == 0.7 and grpo_config(c).logprob_temperature == 1.0, name
+    c = load_config(ROOT / "configs" / "tinylora_gsm8k.yaml")
+    assert c.grpo.logprob_temperature == "sampling"
+    with pytest.raises(ConfigError, match="grpo.logprob_temperature"):
+        load_config(None, ["grpo.logprob_temperature=0"])
+
+
+def test_tis_rejects_truncated_sampling_and_other_logprob_temperatures():
+    from tina_jax.config import load_config
+
+    with pytest.raises(ConfigError, match="top_p"):
+        load_config(None, ["grpo.tis_cap=2.0", "rollout.top_p=0.95"])
+    with pytest.raises(ConfigError, match="logprob_temperature"):
+        load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7", "grpo.logprob_temperature=1.0"])
+    load_config(None, ["grpo.tis_cap=2.0", "rollout.temperature=0.7"])
+
+
+@pytest.mark.parametrize("name", ["open_rs3_full", "tina_open_rs3"])
+def test_open_rs_cosine_is_not_clamped(name):
+    """Open-RS / Tina's cosine reward (open-r1 code) uses cos(pi L / max_len) with L in characters, unclamped:
+    a wrong answer of 5000 characters scores -0.5 + 0.25 (1 + cos(pi 5000 / 3584)), not -0.5."""
+    import math
+
+    from tina_jax import rewards
+
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    fn = rewards.build([s for s in cfg.rewards if s.name == "cosine"])
+    total, _ = fn(["x" * 4990 + "\\boxed{3}"], solution=["$2$"])
+    L = 4990 + len("\\boxed{3}")
+    assert total[0] == pytest.approx(2.0 * (-0.5 + 0.25 * (1 + math.cos(math.pi * L / 3584))), abs=1e-9)
+
+
+def test_tinylora_recipe_has_verls_details():
+    """The authors' verl script: data.shuffle=False, GRPO advantage eps 1e-6, dual-clip c=3 (verl default),
+    348 steps, warm-up int(0.05 x 348) = 17 scheduler steps stepped once per rollout."""
+    from tina_jax.data import make_loader
+    from tina_jax.trainer import build_loader, grpo_config
+
+    c = load_config(ROOT / "configs" / "tinylora_gsm8k.yaml")
+    assert (c.data.shuffle, c.grpo.adv_eps, c.grpo.dual_clip) == (False, 1e-6, 3.0)
+    assert (c.train.max_steps, c.optim.warmup_steps, c.optim.schedule_unit) == (348, 17, "rollout")
+    assert grpo_config(c).loss.dual_clip == 3.0
+    examples = [{"prompt_ids": [i], "i": i} for i in range(10)]
+    loader = build_loader(load_config(None, ["data.shuffle=false", "grpo.prompts_per_step=4", "data.num_epochs=2"]),
+                          examples)
+    assert [[e["i"] for e in next(loader)] for _ in range(4)] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
+    shuffled = make_loader(examples, 4, seed=0, num_epochs=1)
+    assert [e["i"] for e in next(shuffled)] != [0, 1, 2, 3]

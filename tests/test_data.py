@@ -177,6 +177,34 @@ def test_render_matches_apply_chat_template(tok, recipe):
         assert "\\boxed{{}} ." in text  # literal double braces survive (no str.format anywhere)
 
 
+def test_tina_open_rs_reproduces_tinas_rendering(tok):
+    """Tina renders {bos}{5-line system}<｜User｜>{problem}<｜Assistant｜> with its own chat template (no
+    "<think>\\n" after the assistant marker) and TRL 0.15.2 tokenizes that text with add_special_tokens=False.
+    The oracle is that text, written out from Tina's tina/utils/{chat_template,prompt}.py; the tokenizer is
+    SmolLM2's with DeepSeek-R1's markers added as special tokens (the R1 tokenizer is not offline)."""
+    import copy
+
+    t = copy.deepcopy(tok)
+    t.add_special_tokens({"bos_token": "<｜begin▁of▁sentence｜>",
+                          "additional_special_tokens": ["<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>"]})
+    system = ("\nA conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
+              "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+              "the answer, and put your final answer within \\boxed{{}} .\n"
+              "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+              "respectively, \n"
+              "i.e., <think> reasoning process here </think> <answer> answer here </answer>.\n"
+              "Note that respond by English, NOT use other languages.\n")
+    problem = "Let $x^2 = 4$ with $x > 0$. Find $x$."
+    want_text = "<｜begin▁of▁sentence｜>" + system + "<｜User｜>" + problem + "<｜Assistant｜>"
+    want_ids = _ids(t(want_text, add_special_tokens=False)["input_ids"])
+    examples, _ = prepare_examples([{"problem": problem, "solution": "$2$"}], t, recipe="tina_open_rs",
+                                   max_prompt_length=4096)
+    assert examples[0]["prompt_text"] == want_text
+    assert examples[0]["prompt_ids"] == want_ids
+    assert want_ids[0] == t.bos_token_id and want_ids[-1] == t.convert_tokens_to_ids("<｜Assistant｜>")
+    assert prompts.RECIPES["tina_open_rs"].system.count("\n") == 6  # five lines between two newlines
+
+
 def test_kk_logic_rl_reproduces_logic_rl_prompt(tok):
     if not os.path.exists(KK_TEST):
         pytest.skip("K&K data not available")

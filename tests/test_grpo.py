@@ -26,9 +26,10 @@ def _leaves_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_const"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "microbatch_token_mean", "seq_mean_token_mean",
+                                         "seq_sum_const"])
 def test_micro_batching_equals_full_batch(aggregation):
-    loss = LossConfig(aggregation=aggregation, beta=0.04, max_completion_length=6, tis_cap=2.0)
+    loss = LossConfig(aggregation=aggregation, beta=0.04, max_completion_length=6, tis_cap=2.0, microbatch_rows=G)
     state = make_state(optax.sgd(1.0))
     batch = make_batch()
     full_state, full_m = make_grpo_step(GrpoConfig(loss=loss, group_size=G), donate=False)(state, batch)
@@ -212,3 +213,47 @@ def test_shared_prompt_step_equals_unshared_step(micro):
         assert abs(float(ma[k]) - float(mb[k])) <= 2e-5 * max(1.0, abs(float(ma[k]))), k
     with pytest.raises(ValueError, match="whole groups"):
         GrpoConfig(group_size=G, share_prompts=True, micro_batch_size=G + 1)
+
+
+@pytest.mark.parametrize("temp", [1.0, 0.7])
+def test_kl_and_logprobs_use_the_logprob_temperature(temp):
+    """TRL 0.15.2 / Feb-2025 TRL (Tina, Open-RS) score log_softmax(logits) at T=1 although they sample at 0.7;
+    verl scores logits / T. The k3 KL of grpo_step equals the NumPy formula on logits / logprob_temperature."""
+    gc = GrpoConfig(loss=LossConfig(beta=0.04), group_size=G, logprob_temperature=temp)
+    step = make_grpo_step(gc, donate=False)
+    state = make_state(optax.sgd(1.0))
+    s1, _ = step(state, make_batch())
+    batch = make_batch(seed=1)
+    _, m = step(s1, batch)
+    ids = jnp.concatenate([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = jnp.concatenate([batch["prompt_mask"], batch["completion_mask"]], 1)
+
+    def logp(params):
+        z = np.asarray(tina_jax.forward(CFG, params, ids, mask), np.float64)[:, P - 1:-1] / temp
+        z = z - z.max(-1, keepdims=True)
+        lz = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return np.take_along_axis(lz, np.asarray(batch["completion_ids"])[..., None], -1)[..., 0]
+
+    d = logp(state.trainable) - logp(s1.trainable)  # ref - policy
+    cm = np.asarray(batch["completion_mask"])
+    want = ((np.exp(d) - d - 1) * cm).sum() / cm.sum()
+    assert want > 1e-6
+    assert abs(float(m["kl"]) - want) <= 1e-4 * want + 1e-7
+
+
+def test_microbatch_token_mean_is_open_rs_loss():
+    """Open-RS's TRL (2025-02-25): loss = (per_token_loss * mask).sum() / mask.sum() on each device micro-batch
+    (one group of G), averaged over micro-batches. With one update per rollout (ratio 1, no KL) the loss is
+    mean_g [ -sum_{i in g} A_i n_i / N_g ], and it differs from one token mean over the step."""
+    batch = make_batch(with_sampler=False)
+    state = make_state(optax.sgd(0.1))
+    adv = np.asarray(compute_advantages(batch["rewards"], G, "grpo"))
+    n = np.asarray(batch["completion_mask"]).sum(1)
+    want = np.mean([-(adv[g:g + G] * n[g:g + G]).sum() / n[g:g + G].sum() for g in range(0, len(n), G)])
+    cfg = GrpoConfig(loss=LossConfig(aggregation="microbatch_token_mean", microbatch_rows=G), group_size=G,
+                     micro_batch_size=2)  # interleaved accumulation chunks straddle the groups: still exact
+    _, m = make_grpo_step(cfg, donate=False)(state, batch)
+    assert abs(float(m["loss"]) - want) < 1e-6
+    _, m_dapo = make_grpo_step(GrpoConfig(loss=LossConfig(), group_size=G), donate=False)(state, batch)
+    assert abs(float(m_dapo["loss"]) - float(-(adv * n).sum() / n.sum())) < 1e-6
+    assert abs(float(m_dapo["loss"]) - want) > 1e-3

@@ -29,7 +29,7 @@ SLACK = 2.5  # seconds on top of the timeout (CPU shared with other jobs)
 def pool():
     p = CheckerPool(num_workers=2)
     p.start(wait=True)  # workers import math-verify once; later timings exclude start-up
-    assert p.map(R.check_answer, [("\\boxed{1}", "$1$", "open_r1", 1)] * 2, timeout=60, fallback=None) == [1, 1]
+    assert p.map(R.check_answer, [("\\boxed{1}", "$1$", "open_r1", 1, "all")] * 2, timeout=60, fallback=None) == [1, 1]
     yield p
     p.close()
 
@@ -621,11 +621,11 @@ def test_kk_prefix_gold_fields_and_errors():
 # The checker pool under adversarial input.
 
 
-def _raising_checker(completion, gold, mode, step):
+def _raising_checker(completion, gold, mode, step, boxed):
     raise RuntimeError("checker exploded")
 
 
-def _sleeping_checker(completion, gold, mode, step):
+def _sleeping_checker(completion, gold, mode, step, boxed):
     if completion == "hang":
         time.sleep(60)  # the parent must kill the worker
     return R.CORRECT
@@ -647,7 +647,7 @@ def _timed(fn, *args, **kwargs):
     ],
 )
 def test_adversarial_completion_scores_zero_within_timeout(pool, name, completion):
-    acc = R.accuracy_reward(timeout=TIMEOUT, pool=pool)
+    acc = R.accuracy_reward("open_r1", timeout=TIMEOUT, pool=pool)
     pool.start(wait=True)  # replacements of workers killed by earlier tests: not part of the timing
     got, dt = _timed(acc, [completion], solution=["$5$"])
     assert got == [0.0], name
@@ -740,3 +740,80 @@ def test_combine_weights_nan_and_columns(pool):
         R.combine([(R.format_reward, "1")])
     with pytest.raises(ValueError, match="returned 1 values for 2 completions"):
         R.combine([(const("c", [1.0]), 1.0)])(["a", "b"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference details of the answer check (issue 10).
+
+
+def test_cosine_and_length_check_with_open_r1s_boxed_true_config():
+    """open-r1's cosine/len rewards parse the answer with NormalizationConfig(boxed=True), its accuracy with
+    boxed="all"; with latex2sympy2_extended >= 1.0.6 True means "leave \\boxed/\\fbox in place", which
+    changes verdicts (math-verify run in-process here, as a worker runs it)."""
+    gold = "$\\frac{1}{2}$"
+    fbox, nested = "so the answer is $\\fbox{1/2}$", "the final answer is $\\frac{1}{\\boxed{2}}$"
+    assert R.check_answer(fbox, gold, "open_r1", boxed="all") == R.CORRECT
+    assert R.check_answer(fbox, gold, "open_r1", boxed=True) == R.WRONG
+    assert R.check_answer(nested, gold, "open_r1", boxed="all") == R.WRONG
+    assert R.check_answer(nested, gold, "open_r1", boxed=True) == R.CORRECT
+    # the rewards use it: correct at length L -> 0.5 + 0.25 (1 + cos(pi L / max_len)), wrong -> -0.25 (1 - cos)
+    got = R.cosine_reward(max_len=100)([fbox, nested], solution=[gold, gold])
+    want = [R.cosine_value(len(fbox), False, max_len=100), R.cosine_value(len(nested), True, max_len=100)]
+    assert got == pytest.approx(want, abs=1e-12)
+    assert R.accuracy_reward("open_r1")([fbox, nested], solution=[gold, gold]) == [1.0, 0.0]
+
+
+def test_tina_accuracy_is_nan_when_verify_raises_or_times_out(pool, monkeypatch):
+    """Tina's accuracy_reward wrapped verify in try/except and returned None (TRL: NaN, left out of the nansum
+    over reward functions); the open_r1 flavour caught it as 0.0."""
+    import math_verify
+
+    def boom(*a, **k):
+        raise RuntimeError("verify exploded")
+
+    monkeypatch.setattr(math_verify, "verify", boom)
+    assert R.check_answer(B + "{1}", "$1$", "tina") == R.VERIFY_FAILED
+    monkeypatch.undo()
+    assert R.check_answer(B + "{1}", "$1$", "tina") == R.CORRECT
+    pool.start(wait=True)
+    out = R.answer_verdicts(["ok", "hang"], ["g", "g"], mode="tina", timeout=TIMEOUT, pool=pool,
+                            checker=_sleeping_checker)
+    assert out == [R.CORRECT, R.VERIFY_FAILED]
+    out = R.answer_verdicts(["ok", "hang"], ["g", "g"], mode="open_r1", timeout=TIMEOUT, pool=pool,
+                            checker=_sleeping_checker)
+    assert out == [R.CORRECT, R.WRONG]
+    # downstream: a NaN reward contributes nothing to the weighted total (TRL's nansum over functions)
+    nan_acc = lambda completions, **f: [float("nan"), 1.0]  # noqa: E731
+    nan_acc.__name__ = "accuracy"
+    total, per = R.combine([(R.format_reward, 1.0), (nan_acc, 2.0)])(["a\n</think>\nb", "x"])
+    assert total == [1.0, 2.0] and math.isnan(per["accuracy"][0])
+
+
+def test_default_timeouts_are_math_verifys_own():
+    import inspect
+
+    import math_verify
+
+    from tina_jax.rewards.math import _limits
+
+    assert inspect.signature(math_verify.parse).parameters["parsing_timeout"].default == R.MATH_VERIFY_TIMEOUT
+    assert inspect.signature(math_verify.verify).parameters["timeout_seconds"].default == R.MATH_VERIFY_TIMEOUT
+    assert _limits(None) == (R.MATH_VERIFY_TIMEOUT, 4.0 * R.MATH_VERIFY_TIMEOUT)
+    assert inspect.signature(R.accuracy_reward).parameters["timeout"].default is None
+    assert inspect.signature(R.check_answer).parameters["step_timeout"].default == R.MATH_VERIFY_TIMEOUT
+
+
+def test_length_reward_is_normalised_per_group_in_a_run():
+    """Kimi-1.5 length reward: TRL called reward functions per device micro-batch (one group of G in the paper
+    recipes), so L_min/L_max are per group. Two groups of 2: 'x'*10 vs 'x'*30 and 'y'*100 vs 'y'*20."""
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(name="length", weight=1.0, params={})
+    texts = [B + "{1}" + "x" * 10, B + "{2}" + "x" * 30, B + "{1}" + "y" * 100, B + "{1}" + "y" * 20]
+    total, _ = R.build([spec], group_size=2)(texts, solution=["$1$"] * 4)
+    # per group: shortest -> 0.5, longest -> -0.5; wrong answers -> min(0, lambda)
+    assert total == pytest.approx([0.5, -0.5, -0.5, 0.5])
+    whole, _ = R.build([spec])(texts, solution=["$1$"] * 4)  # one range over all 4 (open-r1 on a whole batch)
+    lo, hi = min(map(len, texts)), max(map(len, texts))
+    assert whole == pytest.approx([0.5 - (len(texts[0]) - lo) / (hi - lo), min(0.0, 0.5 - (len(texts[1]) - lo) / (hi - lo)),
+                                   0.5 - (len(texts[2]) - lo) / (hi - lo), 0.5 - (len(texts[3]) - lo) / (hi - lo)])

@@ -100,6 +100,15 @@ def test_advantages_validation():
         zero_advantage_group_fraction(jnp.zeros(5), 2)
 
 
+def test_group_std_mean_is_trls_reward_std():
+    from tina_jax.rl import group_std_mean
+
+    r = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 2, 0, 0], np.float32)
+    want = np.mean([np.std(g, ddof=1) for g in r.reshape(4, 4)])  # torch .std() is unbiased
+    np.testing.assert_allclose(float(group_std_mean(jnp.asarray(r), 4)), want, rtol=1e-6)
+    assert abs(want - np.std(r)) > 0.05  # differs from the batch std, which is logged too
+
+
 def test_zero_advantage_group_fraction():
     r = jnp.array([1, 1, 1, 0, 0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 2, 0, 0], jnp.float32)
     np.testing.assert_allclose(float(zero_advantage_group_fraction(r, 4)), 1 / 4)
@@ -174,7 +183,7 @@ def test_per_token_loss_matches_numpy(est):
     want = np_per_token(logp, old, adv, mask, el=0.2, eh=0.28, beta=0.04, est=est, ref=ref)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(aux["ratio"])[mask], np.exp(logp - old)[mask], rtol=1e-5)
-    assert set(aux) == {"ratio", "is_clipped_low", "is_clipped_high", "kl"}
+    assert set(aux) == {"ratio", "is_clipped_low", "is_clipped_high", "is_clipped_dual", "kl"}
 
 
 @pytest.mark.parametrize("agg", AGGS)
@@ -327,7 +336,7 @@ def test_microbatches_equal_full_batch(agg):
     np.testing.assert_allclose(float(finalize_loss(s, d)), want_loss, rtol=1e-5)
     full_grad = np.asarray(g / jnp.maximum(d, 1.0))
     fm = finalize_metrics(m)
-    assert set(fm) == {"tokens", "clip_low", "clip_high", "ratio_dev", "kl", "tis_weight", "tis_capped"}
+    assert set(fm) == {"tokens", "clip_low", "clip_high", "clip_dual", "ratio_dev", "kl", "tis_weight", "tis_capped"}
 
     # Row-wise micro-batches of whole completions: 2, 3 and 4 pieces, equal and unequal sizes.
     for splits in ([4, 4], [2, 2, 2, 2], [2, 4, 2]):
@@ -447,3 +456,53 @@ def test_chunked_logprobs_validation():
         chunked_logprobs(h, jnp.zeros((4, 5)), tg, 2)
     with pytest.raises(ValueError, match="targets"):
         chunked_logprobs(h, w, tg[:, :3], 2)
+
+
+def test_microbatch_token_mean_matches_open_rs_formula():
+    """Open-RS's TRL: each device micro-batch (blocks of R consecutive rows) takes its own token mean,
+    the step averages them; exact for any row split given the whole-batch block counts."""
+    from tina_jax.rl.losses import block_token_counts
+
+    rng = np.random.default_rng(3)
+    _, _, _, _, _, mask = random_batch(3, b=8)
+    lt = rng.normal(size=mask.shape)
+    cfg = LossConfig(aggregation="microbatch_token_mean", microbatch_rows=4)
+    want = np.mean([np.where(mask, lt, 0)[k:k + 4].sum() / mask[k:k + 4].sum() for k in (0, 4)])
+    s, d = aggregate(jnp.asarray(lt), jnp.asarray(mask), cfg)
+    assert float(d) == 2.0
+    np.testing.assert_allclose(float(finalize_loss(s, d)), want, rtol=1e-6)
+    blocks = block_token_counts(jnp.asarray(mask), 4)
+    tot_s = tot_d = 0.0
+    for rows in ([0, 5], [1, 2, 6], [3, 4, 7]):  # accumulation chunks that cut across the blocks
+        sk, dk = aggregate(jnp.asarray(lt[rows]), jnp.asarray(mask[rows]), cfg, blocks[np.asarray(rows)])
+        tot_s, tot_d = tot_s + sk, tot_d + dk
+    np.testing.assert_allclose(float(finalize_loss(tot_s, tot_d)), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="microbatch_rows"):
+        LossConfig(aggregation="microbatch_token_mean")
+
+
+def test_dual_clip_matches_verl():
+    """verl compute_policy_loss_vanilla with clip_ratio_c = 3: for A < 0 the clipped loss max(-rA, -clip(r)A)
+    is capped at -cA (zero gradient there); A > 0 is unchanged."""
+    el, eh, c = 0.2, 0.4, 3.0
+    ratios = np.array([0.5, 1.0, 1.3, 2.9, 3.1, 8.0])
+    old = np.full((2, ratios.size), -1.0)
+    logp = old + np.log(ratios)[None]
+    adv = np.array([0.8, -1.3])
+    mask = np.ones(logp.shape, bool)
+    a = adv[:, None]
+    pg1, pg2 = -a * ratios, -a * np.clip(ratios, 1 - el, 1 + eh)
+    c1 = np.maximum(pg1, pg2)
+    want = np.where(a < 0, np.minimum(-a * c, c1), c1)
+    cfg = LossConfig(clip_eps_low=el, clip_eps_high=eh, dual_clip=c)
+    f = lambda lp: per_token_loss(lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), cfg)  # noqa: E731
+    got, aux = f(jnp.asarray(logp))
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(aux["is_clipped_dual"]), [[0] * 6, [0, 0, 0, 0, 1, 1]])
+    g = np.asarray(jax.grad(lambda lp: jnp.sum(f(lp)[0]))(jnp.asarray(logp)))
+    assert g[1, 4] == 0.0 and g[1, 5] == 0.0 and g[1, 3] != 0.0
+    no_dual, _ = per_token_loss(jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask),
+                                LossConfig(clip_eps_low=el, clip_eps_high=eh))
+    np.testing.assert_allclose(np.asarray(no_dual), c1, rtol=1e-5)
+    with pytest.raises(ValueError, match="dual_clip"):
+        LossConfig(dual_clip=1.0)

@@ -105,3 +105,35 @@ def test_unknown_key_fails_before_loading_anything(tmp_path):
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2
     assert "unknown config key 'grpo.aggregaton'; did you mean 'aggregation'" in out
+
+
+def test_run_ends_cleanly_when_the_data_runs_out(tiny_chat_model_dir, tmp_path):
+    """5 synthetic problems, 2 prompts per step, 1 epoch -> the data allows 2 steps of the 5 asked for: the
+    run ends at step 2 with a checkpoint, a final evaluation and summary.json (exit 0); a rerun resumes
+    there and ends at once; the dry run reports the 2 steps."""
+    run_dir = tmp_path / "run"
+    args = _overrides(tiny_chat_model_dir, run_dir) + [
+        "data.n_train=5", "data.num_epochs=1", "train.eval_every=10", "train.save_every=10", "data.n_eval=2",
+        "train.eval_samples=0", "rewards=[{name: accuracy, weight: 1.0, params: {flavour: lenient}}]"]
+    p = _start(args)
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert "data exhausted at step 2" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["data_exhausted"] is True
+    assert "eval/greedy_accuracy" in summary, "the final evaluation runs at the last step"
+    from tina_jax.checkpoint import Checkpointer
+
+    ck = Checkpointer(run_dir / "checkpoints")
+    assert ck.latest_step() == 2
+    ck.close()
+    assert _train_steps(run_dir) == 2
+    p = _start(args)  # resume at the end of the data: nothing left to do, still a clean exit
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert "resumed from" in out and "data exhausted at step 2" in out
+    assert _train_steps(run_dir) == 2
+    p = _start(args + ["--dry-run"])
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+    assert "data allows 2 steps (2 batches of 2 prompts per epoch x 1 epochs); the run ends at step 2" in out

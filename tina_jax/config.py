@@ -63,7 +63,8 @@ class DataSection:
     max_prompt_length: int = 512
     overlong: Literal["skip", "truncate_left"] = "skip"
     seed: int = 0
-    num_epochs: int | None = None  # None: loop forever (max_steps decides)
+    num_epochs: int | None = None  # None: loop forever (max_steps decides); else the run ends with the data
+    shuffle: bool = True  # a fresh permutation per epoch; false keeps file order (verl data.shuffle=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,17 +88,25 @@ class GrpoSection:
     prompts_per_step: int = 8
     advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
     adv_eps: float = 1e-4
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_sum_const"] = "token_mean"
+    # token_mean: one token mean over the optimizer step (DAPO); microbatch_token_mean: token mean within
+    # each block of aggregation_rows rows, mean over blocks (Open-RS's TRL, later "bnpo"); seq_mean_token_mean:
+    # mean over sequences of each one's token mean (Tina's TRL 0.15.2); seq_sum_const: sum / (B x L) (Dr.GRPO)
+    aggregation: Literal["token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const"] = "token_mean"
+    aggregation_rows: int | None = None  # microbatch_token_mean's block (rows); None = rollout.num_generations
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
     beta: float = 0.0
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = None
+    dual_clip: float | None = None  # dual-clip PPO c (> 1): for A < 0 the ratio is capped at c (verl: 3)
     num_iterations: int = 1  # optimizer passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
     micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: whole mini-batch)
     logprob_chunk: int = 64  # sequence chunk for the lm_head/log-softmax (no [B, T, V] logits)
     share_prompts: bool = True  # run each prompt once for its G completions (same result, fewer FLOPs)
+    # Policy/reference/old logprobs use log_softmax(logits / T) with T this number, or "sampling" =
+    # rollout.temperature (verl, TRL >= 0.16). Tina's TRL 0.15.2 and Open-RS's TRL (2025-02-25): 1.0.
+    logprob_temperature: float | Literal["sampling"] = "sampling"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +116,8 @@ class OptimSection:
     min_lr_ratio: float = 0.1
     warmup_ratio: float = 0.1
     schedule_steps: int | None = None  # steps the schedule spans (Tina: 2x the steps run); None = max_steps
+    schedule_unit: Literal["rollout", "update"] = "rollout"  # one schedule step per rollout (verl) or update
+    warmup_steps: int | None = None  # overrides warmup_ratio (HF: ceil(ratio x N); verl: int(ratio x N))
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999
@@ -177,6 +188,14 @@ class RunConfig:
 # ------------------------------------------------------------------------------------------------
 # Validation of values (beyond types)
 # ------------------------------------------------------------------------------------------------
+def logprob_temperature(c: RunConfig) -> float:
+    """The T of the trainer's logprobs, log_softmax(logits / T) (``grpo.logprob_temperature``)."""
+    t = c.grpo.logprob_temperature
+    if t == "sampling":
+        return c.rollout.temperature if c.rollout.temperature > 0 else 1.0
+    return float(t)
+
+
 def _check_values(c: RunConfig) -> None:
     def req(ok: bool, key: str, msg: str):
         if not ok:
@@ -208,10 +227,28 @@ def _check_values(c: RunConfig) -> None:
     req(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low/high", "must be >= 0")
     req(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
     req(g.tis_cap is None or g.tis_cap > 0, "grpo.tis_cap", f"must be > 0 or null, got {g.tis_cap}")
+    req(g.dual_clip is None or g.dual_clip > 1, "grpo.dual_clip", f"must be > 1 or null, got {g.dual_clip}")
+    if g.aggregation == "microbatch_token_mean":
+        blk = g.aggregation_rows or r.num_generations
+        req(blk >= 1 and (rows // g.mini_batches) % blk == 0, "grpo.aggregation_rows",
+            f"{blk} rows per block must divide the mini-batch of {rows // g.mini_batches} completions")
     req(g.logprob_chunk >= 1, "grpo.logprob_chunk", "must be >= 1")
+    req(g.logprob_temperature == "sampling" or g.logprob_temperature > 0, "grpo.logprob_temperature",
+        f"must be > 0 or 'sampling', got {g.logprob_temperature}")
+    if g.tis_cap is not None:
+        # TIS weighs by trainer / sampler probability of the same token: both must describe one distribution.
+        req(r.top_p >= 1.0 and r.top_k == 0, "grpo.tis_cap",
+            f"truncated importance sampling compares the trainer's full-softmax logprobs with the sampler's, "
+            f"which are those of the top-p/top-k truncated distribution (rollout.top_p={r.top_p}, "
+            f"top_k={r.top_k}): every weight would be <= 1. Set rollout.top_p=1.0 and rollout.top_k=0, "
+            "or grpo.tis_cap=null")
+        req(r.temperature > 0 and abs(logprob_temperature(c) - r.temperature) < 1e-12, "grpo.tis_cap",
+            f"truncated importance sampling needs grpo.logprob_temperature equal to the sampling temperature "
+            f"({r.temperature}), got {g.logprob_temperature}: set grpo.logprob_temperature=sampling")
     req(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
     req(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     req(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", f"must be in [0, 1), got {o.warmup_ratio}")
+    req(o.warmup_steps is None or o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     req(o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm", "must be > 0 or null")
     req(o.schedule_steps is None or o.schedule_steps >= t.max_steps, "optim.schedule_steps",
         f"must be >= train.max_steps ({t.max_steps}) or null")

@@ -75,10 +75,26 @@ def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
     return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
 
 
+def build_loader(cfg: RunConfig, train_ex: list):
+    """The grain batch loader over the training examples (one batch = one rollout's prompts)."""
+    from tina_jax.data import pipeline
+
+    return pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
+                                num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
+                                shard_count=jax.process_count(), shuffle=cfg.data.shuffle)
+
+
+def data_step_limit(cfg: RunConfig, loader) -> int | None:
+    """Rollout steps the data allows (batches per epoch x data.num_epochs), None when endless."""
+    if cfg.data.num_epochs is None:
+        return None
+    return loader.batches_per_epoch * cfg.data.num_epochs
+
+
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
     from tina_jax import rewards
 
-    return rewards.build(cfg.rewards, tokenizer)
+    return rewards.build(cfg.rewards, tokenizer, group_size=cfg.rollout.num_generations)
 
 
 def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:
@@ -112,11 +128,18 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
 def grpo_config(cfg: RunConfig) -> GrpoConfig:
     g, r = cfg.grpo, cfg.rollout
     loss = LossConfig(aggregation=g.aggregation, clip_eps_low=g.clip_eps_low, clip_eps_high=g.clip_eps_high,
-                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap,
-                      max_completion_length=r.max_new_tokens)
+                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap, dual_clip=g.dual_clip,
+                      max_completion_length=r.max_new_tokens,
+                      microbatch_rows=(g.aggregation_rows or r.num_generations)
+                      if g.aggregation == "microbatch_token_mean" else None)
     return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
-                      temperature=r.temperature if r.temperature > 0 else 1.0, group_size=r.num_generations,
+                      logprob_temperature=config_lib.logprob_temperature(cfg), group_size=r.num_generations,
                       share_prompts=g.share_prompts)
+
+
+def updates_per_rollout(cfg: RunConfig) -> int:
+    """Optimizer updates after each rollout: grpo.num_iterations passes x grpo.mini_batches."""
+    return cfg.grpo.num_iterations * cfg.grpo.mini_batches
 
 
 def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:
@@ -248,7 +271,6 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
 def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
     """Run (or resume) GRPO training as configured; returns the final summary dict."""
     from tina_jax import checkpoint, runlog, sampling as smp
-    from tina_jax.data import pipeline
     from tina_jax.models import load_model
 
     t_start = time.time()
@@ -277,7 +299,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     correct_name, is_correct = correctness_fn(cfg)
 
     adapter = build_adapter(cfg, mcfg, model.params)
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
                        keep_reference=adapter is None and cfg.grpo.beta > 0)
     if adapter is not None:
@@ -291,12 +313,16 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     gcfg = grpo_config(cfg)
     step_fn = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
     old_logprob_fn = make_logprob_fn(gcfg)
-    schedule = optim.lr_schedule(cfg.optim.lr, cfg.optim.schedule, cfg.optim.schedule_steps or cfg.train.max_steps,
-                                 cfg.optim.warmup_ratio, cfg.optim.min_lr_ratio)
+    k_updates = updates_per_rollout(cfg)
+    schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, k_updates)  # update count -> rate
 
-    loader = pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
-                                  num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
-                                  shard_count=jax.process_count())
+    loader = build_loader(cfg, train_ex)
+    data_steps = data_step_limit(cfg, loader)
+    last_step = min(cfg.train.max_steps, data_steps) if data_steps is not None else cfg.train.max_steps
+    if last_step < cfg.train.max_steps:
+        console(f"data: {data_steps} steps of {cfg.grpo.prompts_per_step} prompts "
+                f"({loader.batches_per_epoch} per epoch x {cfg.data.num_epochs} epochs) < train.max_steps "
+                f"{cfg.train.max_steps}: the run ends at step {data_steps}")
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
                                    best_metric=f"eval/greedy_accuracy")
     writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
@@ -348,16 +374,23 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = runlog.ProgressBar(total=cfg.train.max_steps, initial=start, log_every=cfg.train.log_every)
+    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every)
     t = cfg.train
     last_metrics: dict = {}
     try:
         if start == 0 and t.eval_every and eval_ex:
             writer.write(0, run_eval(0))
         step = start
-        while step < t.max_steps:
+        while step < last_step:
             t0 = time.time()
-            examples = next(loader)
+            try:
+                examples = next(loader)
+            except StopIteration:  # fewer batches than counted (should not happen): end cleanly all the same
+                last_step = step
+                if step > start:
+                    ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
+                              metrics={k: v for k, v in last_metrics.items() if k.startswith("eval/")} or None)
+                break
             params = policy_params(state)
             gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step))
             batch, texts = gen.batch(), gen.texts
@@ -374,6 +407,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 batch["old_logprobs"] = old_logprob_fn(state, batch)
             n_mb = cfg.grpo.mini_batches
             mb_rows = rows // n_mb
+            first_update = int(state.step)
             ms = []
             for _ in range(cfg.grpo.num_iterations):
                 for k in range(n_mb):
@@ -390,19 +424,20 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             tokens = int(lens.sum())
             metrics = {
                 "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
+                "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_generations)),
                 "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
                     jnp.asarray(rewards), r.num_generations)),
                 **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
                 "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
-                **m, "lr": float(schedule(step - 1)),
+                **m, "lr": float(np.mean([schedule(first_update + j) for j in range(k_updates)])),
                 "time/step_s": dt, "time/sample_s": t_sample, "time/reward_s": t_reward,
                 "time/train_s": dt - t_sample - t_reward, "throughput/tokens_per_s": tokens / dt,
                 "time/elapsed_s": time.time() - t_start,
             }
             if correct_name in per_reward:
                 metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
-            if t.eval_every and eval_ex and step % t.eval_every == 0:
-                metrics.update(run_eval(step))
+            if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
+                metrics.update(run_eval(step))  # the final evaluation runs here at step == last_step
             if cfg.eval.benchmarks and cfg.eval.every and step % cfg.eval.every == 0:
                 metrics.update(run_bench_eval(step))
             writer.write(step, metrics)
@@ -413,7 +448,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                     f.write(runlog.format_samples(step, [examples[i // r.num_generations]["prompt_text"]
                                                          for i in range(len(texts))], texts, rewards.tolist()))
             out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
-            if step % t.save_every == 0 or step == t.max_steps or stopper.signal or out_of_time:
+            if step % t.save_every == 0 or step == last_step or stopper.signal or out_of_time:
                 ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
                           metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
             if stopper.signal or out_of_time:
@@ -421,7 +456,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                         f" checkpoint saved, rerun the same command to resume")
                 break
         # The final weights on the eval section's benchmarks (cached samples make a repeat cheap).
-        if (cfg.eval.benchmarks and cfg.eval.at_end and not stopper.signal and step >= t.max_steps
+        if (cfg.eval.benchmarks and cfg.eval.at_end and not stopper.signal and step >= last_step
                 and not (cfg.eval.every and step > start and step % cfg.eval.every == 0)):
             final = run_bench_eval(step)
             writer.write(step, final)
@@ -435,7 +470,11 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             signal.signal(s, h)
 
     elapsed = time.time() - t_start
-    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), **last_metrics}
+    exhausted = step >= last_step and last_step < t.max_steps
+    if exhausted:
+        console(f"data exhausted at step {step} (train.max_steps {t.max_steps}); final checkpoint saved")
+    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
+               **last_metrics}
     if t.plot:
         summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
@@ -456,6 +495,20 @@ def _gib(nbytes: float) -> str:
 
 def _tree_bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
+
+
+def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
+    steps = data_step_limit(cfg, loader)
+    t = cfg.train
+    if steps is None:
+        console(f"data allows endless steps (data.num_epochs null; {loader.batches_per_epoch} per epoch); "
+                f"train.max_steps {t.max_steps}")
+    else:
+        end = (f"the run ends at step {steps} (data exhausted)" if steps < t.max_steps
+               else f"train.max_steps {t.max_steps} uses {t.max_steps / loader.batches_per_epoch:.2f} epochs")
+        console(f"data allows {steps} steps ({loader.batches_per_epoch} batches of {cfg.grpo.prompts_per_step} "
+                f"prompts per epoch x {cfg.data.num_epochs} epochs); {end}")
+    return steps
 
 
 def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
@@ -492,6 +545,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             console(f"data: {data_rep['train']['kept']}/{data_rep['train']['total']} train examples kept, "
                     f"prompt tokens median {int(np.median(lens))} max {max(lens)}; {len(eval_ex)} eval")
             console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
+            report["data_steps"] = _report_data_steps(cfg, build_loader(cfg, train_ex), console)
         except Exception as e:
             if "synthetic:" in cfg.data.train or Path(cfg.data.train).exists():
                 raise
@@ -500,6 +554,16 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     else:
         report["data"] = "not checked (needs the tokenizer to render prompts)"
         console(f"data: {report['data']}")
+        if Path(cfg.data.train).exists() and cfg.data.num_epochs is not None:
+            from tina_jax.data import pipeline
+
+            n = len(pipeline.load_records(cfg.data.train, cfg.data.train_split))
+            steps = n // cfg.grpo.prompts_per_step * cfg.data.num_epochs
+            report["data_steps_upper_bound"] = steps
+            console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
+                    f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
+                    f"{cfg.train.max_steps}" + (" EXCEEDS it: the run would end early" if steps < cfg.train.max_steps
+                                                else ""))
     build_rewards(cfg, tok)  # reward names and parameters resolve
     if cfg.eval.benchmarks:  # benchmark files present; prompts render and fit the context
         from tina_jax import evaluation
@@ -526,7 +590,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     rows = g.prompts_per_step * r.num_generations
     mb_rows = rows // g.mini_batches
     p_len = cfg.data.max_prompt_length
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     shapes = decoder.param_shapes(mcfg)
 
     def make_state(params):

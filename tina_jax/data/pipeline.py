@@ -184,7 +184,7 @@ def prepare_examples(
     for start in range(0, len(complete), chunk):
         part = complete[start : start + chunk]
         convs = [prompts_lib.build_messages(rec, r, field_map) for _, rec in part]
-        ids_list, texts = prompts_lib.render_prompts(tokenizer, convs)
+        ids_list, texts = prompts_lib.render_prompts(tokenizer, convs, r.chat_template)
         for (i, rec), ids, text in zip(part, ids_list, texts):
             cut = 0
             if len(ids) > max_prompt_length:

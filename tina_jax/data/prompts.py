@@ -1,8 +1,8 @@
 """Named prompt recipes and chat-template rendering.
 
 A recipe says which record field holds the question, what system prompt (if any) to use and how to
-wrap the question in the user message. Rendering always goes through the tokenizer's own chat
-template (``tokenizer.apply_chat_template``); no chat markup is written by hand here.
+wrap the question in the user message. Rendering always goes through ``tokenizer.apply_chat_template``
+with the tokenizer's own chat template, or the recipe's where the reference installed its own (Tina).
 
 Placeholders: the user template contains ``{<field>}`` (e.g. ``{problem}``), which is replaced by
 the record's value with ``str.replace``; no ``str.format`` is applied, so templates and system
@@ -44,6 +44,8 @@ class PromptRecipe:
       field: canonical name of the record field that fills the placeholder.
       assistant_prefix: text that starts the assistant turn (e.g. ``"<think>"``), rendered with
         ``continue_final_message=True``; None to open an empty assistant turn.
+      chat_template: a Jinja chat template that replaces the tokenizer's own for this recipe (as Tina's
+        code installed its own), or None for the tokenizer's template.
     """
 
     name: str
@@ -51,6 +53,7 @@ class PromptRecipe:
     user_template: str
     field: str
     assistant_prefix: str | None = None
+    chat_template: str | None = None
 
     def __post_init__(self):
         if "{" + self.field + "}" not in self.user_template:
@@ -67,6 +70,36 @@ OPEN_RS_SYSTEM = (
     "enclosed within <think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
     "process here </think> <answer> answer here </answer>. Note that respond by English, NOT use other "
     "languages."
+)
+
+# Tina's system prompt for the open-rs data [shangshang-wang/Tina tina/utils/prompt.py OPEN_RS_SYSTEM_PROMPT,
+# selected in tina/post_train_hf/grpo.py when the dataset name contains "open-rs"/"open_rs"]: Open-RS's text
+# cut into five lines, with a leading and a trailing newline and a space before the fourth line break.
+TINA_OPEN_RS_SYSTEM = (
+    "\nA conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer, and put your final answer within \\boxed{{}} .\n"
+    "The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, \ni.e., <think> reasoning process here </think> <answer> answer here </answer>.\n"
+    "Note that respond by English, NOT use other languages.\n"
+)
+
+# The chat rendering Tina's code installs on the DeepSeek-R1-Distill tokenizer
+# (tokenizer.chat_template = REASON_CHAT_TEMPLATE in tina/post_train_hf/grpo.py): the R1 layout
+# ``{bos}{last system message}<｜User｜>{user}<｜Assistant｜>`` *without* the ``<think>\n`` that the
+# tokenizer's own template appends to the generation prompt. Written here for system/user/assistant
+# messages (no tool calls), which is all a training prompt holds.
+R1_NO_THINK_TEMPLATE = (
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'system' -%}{%- set ns.system = m['content'] -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{{- bos_token -}}{{- ns.system -}}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'user' -%}{{- '<｜User｜>' + m['content'] -}}"
+    "{%- elif m['role'] == 'assistant' -%}{{- '<｜Assistant｜>' + m['content'] + '<｜end▁of▁sentence｜>' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<｜Assistant｜>' -}}{%- endif -%}"
 )
 
 LIGHTEVAL_MATH_USER = (
@@ -92,6 +125,9 @@ RECIPES: dict[str, PromptRecipe] = {
     for r in [
         PromptRecipe("plain", None, "{problem}", "problem"),
         PromptRecipe("open_rs", OPEN_RS_SYSTEM, "{problem}", "problem"),
+        # Tina's rendering of the open-rs data: its five-line system prompt and its own chat template.
+        PromptRecipe("tina_open_rs", TINA_OPEN_RS_SYSTEM, "{problem}", "problem",
+                     chat_template=R1_NO_THINK_TEMPLATE),
         PromptRecipe("lighteval_math", None, LIGHTEVAL_MATH_USER, "problem"),
         PromptRecipe(
             "tinylora_gsm8k",
@@ -180,10 +216,12 @@ def _as_id_lists(out) -> list[list[int]]:
 _warned_no_template = False
 
 
-def render_prompts(tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]]) -> tuple[list[list[int]], list[str]]:
+def render_prompts(tokenizer, conversations: Sequence[Sequence[Mapping[str, str]]],
+                   chat_template: str | None = None) -> tuple[list[list[int]], list[str]]:
     """Token ids and text of many conversations, each ready for generation.
 
-    Uses ``tokenizer.apply_chat_template`` (batched) with ``add_generation_prompt=True``, or with
+    Uses ``tokenizer.apply_chat_template`` (batched; with ``chat_template`` instead of the tokenizer's own
+    when given, e.g. a recipe's) with ``add_generation_prompt=True``, or with
     ``continue_final_message=True`` when a conversation ends with an assistant message (a prefix the
     model continues). All conversations in one call must agree on that. Tokenizers without a chat
     template fall back to encoding the plain joined text (``_plain_text``) with the tokenizer's
@@ -200,7 +238,7 @@ def render_prompts(tokenizer, conversations: Sequence[Sequence[Mapping[str, str]
     if len(ends_assistant) != 1:
         raise ValueError("render_prompts: either all or none of the conversations may end with an assistant prefix")
     cont = ends_assistant.pop()
-    if not has_chat_template(tokenizer):
+    if chat_template is None and not has_chat_template(tokenizer):
         if not _warned_no_template:
             logger.warning(
                 "tokenizer %s has no chat template: prompts are plain text (system, user and any assistant "
@@ -212,11 +250,13 @@ def render_prompts(tokenizer, conversations: Sequence[Sequence[Mapping[str, str]
         ids = _as_id_lists(tokenizer(texts, add_special_tokens=True)["input_ids"])
         return ids, texts
     kwargs = dict(add_generation_prompt=not cont, continue_final_message=cont)
+    if chat_template is not None:
+        kwargs["chat_template"] = chat_template
     ids = _as_id_lists(tokenizer.apply_chat_template(conversations, tokenize=True, **kwargs))
     texts = list(tokenizer.apply_chat_template(conversations, tokenize=False, **kwargs))
     return ids, texts
 
 
-def render_prompt(tokenizer, messages: Sequence[Mapping[str, str]]) -> list[int]:
+def render_prompt(tokenizer, messages: Sequence[Mapping[str, str]], chat_template: str | None = None) -> list[int]:
     """Prompt token ids (list[int]) of one conversation; see ``render_prompts``."""
-    return render_prompts(tokenizer, [messages])[0][0]
+    return render_prompts(tokenizer, [messages], chat_template)[0][0]

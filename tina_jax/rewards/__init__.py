@@ -22,7 +22,7 @@ kk                   ``kk_reward(scoring="logic_rl")``           Logic-RL / warm
 ``get_reward(name, **params)`` builds one by name; ``combine([(fn, weight), ...])`` sums them.
 
 NaN means "no reward": ``accuracy`` (Tina flavour, ``on_unparseable_gold="skip"``) returns NaN when
-the gold answer cannot be parsed, where Tina's TRL returned ``None`` (made NaN by TRL and dropped by
+the gold answer cannot be parsed or verify raises or times out, where Tina's reward returned ``None`` (made NaN by TRL and dropped by
 its ``nansum``). :func:`combine` does the same: a NaN contributes 0 to the weighted total. Code that
 consumes per-reward columns should use ``nanmean`` for logging.
 
@@ -39,6 +39,8 @@ from typing import Any, Callable, Sequence
 from tina_jax.rewards.math import (
     CORRECT,
     GOLD_UNPARSEABLE,
+    MATH_VERIFY_TIMEOUT,
+    VERIFY_FAILED,
     WRONG,
     accuracy_reward,
     answer_verdicts,
@@ -63,7 +65,9 @@ from tina_jax.rewards.shaping import (
 __all__ = [
     "CORRECT",
     "GOLD_UNPARSEABLE",
+    "MATH_VERIFY_TIMEOUT",
     "REWARD_NAMES",
+    "VERIFY_FAILED",
     "WRONG",
     "CheckerPool",
     "RewardFn",
@@ -127,14 +131,19 @@ def get_reward(name: str, **params: Any) -> RewardFn:
         raise ValueError(f"bad parameters for reward {name!r}: {e}") from e
 
 
-def build(specs: Sequence[Any], tokenizer: Any = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
+def build(specs: Sequence[Any], tokenizer: Any = None,
+          group_size: int | None = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
     """``combine`` of the rewards named by ``specs`` (objects with ``name``, ``weight`` and ``params``, as
-    in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``."""
+    in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``;
+    ``length`` normalises within groups of ``group_size`` completions unless its params say otherwise
+    (TRL called reward functions per device micro-batch: one group of G in the paper recipes)."""
     fns = []
     for spec in specs:
         params = dict(spec.params)
         if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
             params.setdefault("tokenizer", tokenizer)
+        if spec.name == "length" and group_size is not None:
+            params.setdefault("group_size", group_size)
         fns.append((get_reward(spec.name, **params), spec.weight))
     return combine(fns)
 

@@ -26,6 +26,8 @@ from tina_jax.rewards.pool import CheckerPool, get_pool
 __all__ = [
     "CORRECT",
     "GOLD_UNPARSEABLE",
+    "MATH_VERIFY_TIMEOUT",
+    "VERIFY_FAILED",
     "WRONG",
     "accuracy_reward",
     "answer_verdicts",
@@ -42,6 +44,10 @@ RewardFn = Callable[..., list[float]]
 CORRECT = 1
 WRONG = 0
 GOLD_UNPARSEABLE = -1
+VERIFY_FAILED = -2  # verify raised or timed out ("tina" mode only; Tina's reward returned None there)
+
+# math-verify's own limits: parse(parsing_timeout=5) and verify(timeout_seconds=5), each a signal.alarm.
+MATH_VERIFY_TIMEOUT = 5
 
 # How gold is parsed and in which order verify() gets its arguments (verify is not symmetric).
 #   "tina":    parse(gold) with math-verify's default [LatexExtractionConfig(), ExprExtractionConfig()],
@@ -134,9 +140,13 @@ def gold_texts(fields: dict[str, Any], n: int, gold_field: str | None = None) ->
 # Worker side: runs inside the pool's processes.
 
 
-@lru_cache(maxsize=1)
-def _configs() -> tuple[Any, Any, Any]:
-    """(answer config, gold config "tina", gold config "open_r1"), built once per worker."""
+@lru_cache(maxsize=2)
+def _configs(boxed: str | bool = "all") -> tuple[Any, Any, Any]:
+    """(answer config, gold config "tina", gold config "open_r1"), built once per worker.
+
+    ``boxed`` is the answer's ``NormalizationConfig(boxed=...)``: open-r1's accuracy (and Tina's) pass
+    ``"all"``, open-r1's cosine and len rewards pass ``True`` (which latex2sympy2_extended >= 1.0.6 treats
+    as neither "all" nor "last": the normalisation then leaves ``\\boxed``/``\\fbox`` in place)."""
     from latex2sympy2_extended import NormalizationConfig
     from math_verify import ExprExtractionConfig, LatexExtractionConfig
 
@@ -149,7 +159,7 @@ def _configs() -> tuple[Any, Any, Any]:
                 malformed_operators=False,
                 basic_latex=True,
                 equations=True,
-                boxed="all",
+                boxed=boxed,
                 units=True,
             ),
             boxed_match_priority=0,
@@ -181,8 +191,10 @@ def _parse_gold(gold: str, mode: str, step_timeout: int) -> list:
     return parsed
 
 
-def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout: int = 2) -> int:
-    """math-verify verdict for one completion: ``CORRECT``, ``WRONG`` or ``GOLD_UNPARSEABLE``.
+def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout: int = MATH_VERIFY_TIMEOUT,
+                 boxed: str | bool = "all") -> int:
+    """math-verify verdict for one completion: ``CORRECT``, ``WRONG``, ``GOLD_UNPARSEABLE`` or (mode
+    "tina") ``VERIFY_FAILED`` when ``verify`` raises or times out, where Tina's reward returned None.
 
     Runs the open-r1 / Tina accuracy check [huggingface/open-r1 src/open_r1/rewards.py
     accuracy_reward; shangshang-wang/Tina tina/post_train_hf/rewards.py]: gold parsed first (an
@@ -192,6 +204,7 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
     ``step_timeout`` (whole seconds, >= 1) is math-verify's own ``signal.alarm`` limit per parse
     and per comparison, a first line of defence; the pool's process kill is the hard limit. Meant
     to run in a pool worker (the main thread of its process, where ``signal.alarm`` works).
+    ``boxed``: the answer's normalisation config, see ``_configs``.
     """
     from math_verify import parse, verify
 
@@ -200,7 +213,7 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
     gold_parsed = _parse_gold(gold, mode, step_timeout)
     if len(gold_parsed) == 0:
         return GOLD_UNPARSEABLE
-    answer_parsed = parse(completion, extraction_config=_configs()[0], extraction_mode="first_match",
+    answer_parsed = parse(completion, extraction_config=_configs(boxed)[0], extraction_mode="first_match",
                           parsing_timeout=step_timeout)
     if mode == "lenient" and not answer_parsed:
         # No boxed/anchored answer: the last plain number of the text. Not math-verify's unanchored
@@ -210,7 +223,12 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
             return WRONG
         answer_parsed = parse(f"${numbers[-1].replace(',', '')}$", extraction_config=_configs()[1],
                               parsing_timeout=step_timeout)
-    if mode in ("tina", "lenient"):
+    if mode == "tina":
+        try:  # Tina: `float(verify(gold, answer))` in a try; an exception (a timeout included) gives None
+            ok = verify(gold_parsed, answer_parsed, timeout_seconds=step_timeout, raise_on_error=True)
+        except Exception:  # noqa: BLE001 - any failure of the check, as Tina caught it
+            return VERIFY_FAILED
+    elif mode == "lenient":
         ok = verify(gold_parsed, answer_parsed, timeout_seconds=step_timeout)
     else:
         ok = verify(answer_parsed, gold_parsed, timeout_seconds=step_timeout)
@@ -221,9 +239,15 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
 # Caller side.
 
 
-def _step_timeout(timeout: float) -> int:
-    """math-verify's per-step alarm: half the item budget, whole seconds, at least 1."""
-    return max(1, int(timeout // 2))
+def _limits(timeout: float | None) -> tuple[int, float]:
+    """(math-verify's per-call alarm, the pool's per-item budget). ``None``: math-verify's own 5 s per
+    parse and per verify, and a budget of 4 x 5 s (gold parse, answer parse, verify, margin). A number:
+    that budget per item, and half of it (whole seconds, at least 1) per call."""
+    if timeout is None:
+        return MATH_VERIFY_TIMEOUT, 4.0 * MATH_VERIFY_TIMEOUT
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds or None (math-verify's own), got {timeout!r}")
+    return max(1, int(timeout // 2)), float(timeout)
 
 
 def answer_verdicts(
@@ -231,39 +255,42 @@ def answer_verdicts(
     golds: Sequence[str],
     *,
     mode: CheckMode = "open_r1",
-    timeout: float = 5.0,
+    timeout: float | None = None,
     pool: CheckerPool | None = None,
-    checker: Callable[[str, str, str, int], int] = check_answer,
+    checker: Callable[..., int] = check_answer,
+    boxed: str | bool = "all",
 ) -> list[int]:
     """Checks each completion against its gold in the worker pool.
 
     Args:
       completions, golds: aligned lists of texts.
       mode: gold parsing / verify order, ``"tina"``, ``"open_r1"`` or ``"lenient"``.
-      timeout: seconds per item; an item that times out or whose check raises counts as
-        ``WRONG`` (logged as a warning).
+      timeout: seconds per item, or None for math-verify's own limits (see ``_limits``); an item that
+        times out or whose check raises counts as ``WRONG`` (``VERIFY_FAILED`` in mode "tina"), logged
+        as a warning.
       pool: the pool to use; default :func:`tina_jax.rewards.pool.get_pool`.
       checker: the (picklable, module-level) check function; :func:`check_answer` unless testing.
+      boxed: the answer normalisation's ``boxed`` (``"all"``: open-r1's accuracy; ``True``: its cosine
+        and len rewards).
 
-    Returns one verdict per completion: ``CORRECT`` (1), ``WRONG`` (0) or ``GOLD_UNPARSEABLE`` (-1).
+    Returns one verdict per completion: ``CORRECT`` (1), ``WRONG`` (0), ``GOLD_UNPARSEABLE`` (-1) or
+    ``VERIFY_FAILED`` (-2, mode "tina" only).
     """
     if mode not in _CHECK_MODES:
         raise ValueError(f"mode must be one of {_CHECK_MODES}, got {mode!r}")
     if len(completions) != len(golds):
         raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    step, budget = _limits(timeout)
     pool = pool if pool is not None else get_pool()
-    step = _step_timeout(timeout)
-    items = [(c, g, mode, step) for c, g in zip(completions, golds)]
-    return pool.map(checker, items, timeout=timeout, fallback=WRONG)
+    items = [(c, g, mode, step, boxed) for c, g in zip(completions, golds)]
+    return pool.map(checker, items, timeout=budget, fallback=VERIFY_FAILED if mode == "tina" else WRONG)
 
 
 def accuracy_reward(
     flavour: CheckMode = "tina",
     *,
     on_unparseable_gold: Literal["skip", "one"] | None = None,
-    timeout: float = 5.0,
+    timeout: float | None = None,
     gold_field: str | None = None,
     pool: CheckerPool | None = None,
 ) -> RewardFn:
@@ -285,7 +312,9 @@ def accuracy_reward(
         the weighted sum) gives ``float("nan")``; :func:`tina_jax.rewards.combine` treats NaN as
         "no reward" (contributes 0 to the total). ``"one"`` (open-r1 / Open-RS) gives 1.0.
         Default: ``"one"`` for ``flavour="open_r1"``, ``"skip"`` otherwise.
-      timeout: seconds per completion; a check that times out or crashes scores 0.0 (warning logged).
+      timeout: seconds per completion, or None (default) for math-verify's own limits (5 s per parse
+        and per verify). A check that raises or times out scores NaN ("no reward", as Tina's None) in
+        the "tina" flavour, 0.0 otherwise (open-r1 / Open-RS caught it as 0.0); a warning is logged.
       gold_field: see :func:`gold_texts` (default: ``solution``, else ``answer``).
       pool: worker pool; default the process-wide one.
 
@@ -303,7 +332,8 @@ def accuracy_reward(
         texts = _require_str_list(completions)
         golds = gold_texts(fields, len(texts), gold_field)
         verdicts = answer_verdicts(texts, golds, mode=flavour, timeout=timeout, pool=pool)
-        return [no_gold if v == GOLD_UNPARSEABLE else float(v == CORRECT) for v in verdicts]
+        return [no_gold if v == GOLD_UNPARSEABLE else float("nan") if v == VERIFY_FAILED else float(v == CORRECT)
+                for v in verdicts]
 
     accuracy.__name__ = accuracy.__qualname__ = "accuracy"
     return accuracy

@@ -186,14 +186,15 @@ def cosine_reward(
     tokenizer: Any = None,
     length_fn: Callable[[str], int] | None = None,
     on_unparseable_gold: Literal["one", "skip"] = "one",
-    timeout: float = 5.0,
+    timeout: float | None = None,
     gold_field: str | None = None,
     pool: CheckerPool | None = None,
 ) -> RewardFn:
     """Builds ``cosine``: :func:`cosine_value` of each completion's length, correct or not.
 
     Correctness is math-verify's, as open-r1's cosine reward decides it (gold parsed with
-    ``LatexExtractionConfig()``, ``verify(answer, gold)``; see
+    ``LatexExtractionConfig()``, the answer with its ``NormalizationConfig(boxed=True)`` -- not the
+    accuracy reward's ``"all"`` --, ``verify(answer, gold)``; see
     :func:`tina_jax.rewards.math.check_answer`), in the worker pool; a check that times out or
     crashes counts as wrong. Defaults are Tina's config (cosine_min_value_wrong 0.0,
     cosine_max_value_wrong -0.5, cosine_min_value_correct 0.5, cosine_max_value_correct 1.0,
@@ -221,7 +222,7 @@ def cosine_reward(
         texts = _require_str_list(completions)
         golds = gold_texts(fields, len(texts), gold_field)
         lengths = lengths_of(texts, fields)
-        verdicts = answer_verdicts(texts, golds, mode="open_r1", timeout=timeout, pool=pool)
+        verdicts = answer_verdicts(texts, golds, mode="open_r1", timeout=timeout, pool=pool, boxed=True)
         return [
             no_gold if v == GOLD_UNPARSEABLE else cosine_value(n, v == CORRECT, **values)
             for n, v in zip(lengths, verdicts)
@@ -237,7 +238,7 @@ def length_reward(
     tokenizer: Any = None,
     length_fn: Callable[[str], int] | None = None,
     group_size: int | None = None,
-    timeout: float = 5.0,
+    timeout: float | None = None,
     gold_field: str | None = None,
     pool: CheckerPool | None = None,
 ) -> RewardFn:
@@ -276,7 +277,7 @@ def length_reward(
         if not need:
             return out
         verdicts = answer_verdicts([texts[i] for i in need], [golds[i] for i in need],
-                                   mode="open_r1", timeout=timeout, pool=pool)
+                                   mode="open_r1", timeout=timeout, pool=pool, boxed=True)
         correct = dict(zip(need, (v in (CORRECT, GOLD_UNPARSEABLE) for v in verdicts)))
         for s in range(0, n, g):
             lo, hi = min(lengths[s:s + g]), max(lengths[s:s + g])

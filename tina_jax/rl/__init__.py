@@ -10,6 +10,7 @@ Losses return a (sum, denominator) pair so that row-wise micro-batching is exact
 from tina_jax.rl.advantages import (
     ADVANTAGE_MODES,
     compute_advantages,
+    group_std_mean,
     zero_advantage_group_fraction,
 )
 from tina_jax.rl.losses import (
@@ -38,5 +39,6 @@ __all__ = [
     "kl_per_token",
     "per_token_loss",
     "policy_loss",
+    "group_std_mean",
     "zero_advantage_group_fraction",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "ADVANTAGE_MODES",
     "AdvantageMode",
     "compute_advantages",
+    "group_std_mean",
     "zero_advantage_group_fraction",
 ]
 
@@ -115,3 +116,10 @@ def zero_advantage_group_fraction(rewards: jax.Array, group_size: int) -> jax.Ar
     r = _grouped(rewards, group_size)
     flat = jnp.max(r, axis=1) == jnp.min(r, axis=1)
     return jnp.mean(flat.astype(jnp.float32))
+
+
+def group_std_mean(rewards: jax.Array, group_size: int) -> jax.Array:
+    """Mean over groups of each group's unbiased (N - 1) reward std: TRL's logged ``reward_std``
+    (``std_grouped_rewards.mean()``), beside the std of the whole batch. ``f32[]``."""
+    r = _grouped(rewards, group_size)
+    return jnp.mean(jnp.std(r, axis=1, ddof=1))

@@ -54,11 +54,15 @@ class GrpoConfig:
     # the G rows of a group share their prompt). Same result, fewer FLOPs; micro-batches hold whole groups.
     share_prompts: bool = False
     logprob_chunk: int = 64  # sequence positions per lm_head chunk
-    temperature: float = 1.0  # logits are divided by the sampler's temperature before log-softmax
+    # Policy, reference and old logprobs are log_softmax(logits / logprob_temperature). verl divides by
+    # the sampling temperature (so does TRL >= 0.16); the TRL versions Tina (0.15.2) and Open-RS
+    # (2025-02-25) ran score at 1.0 although they sample at 0.7. The trainer sets it from
+    # grpo.logprob_temperature.
+    logprob_temperature: float = 1.0
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 to score samples (greedy has no logprob), got {self.temperature}")
+        if not self.logprob_temperature > 0:
+            raise ValueError(f"logprob_temperature must be > 0, got {self.logprob_temperature}")
         if self.group_size is not None and self.group_size < 2:
             raise ValueError(f"group_size must be >= 2, got {self.group_size}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
@@ -190,6 +194,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     advantages = _advantages(batch, config)
     rows = {k: batch[k] for k in _ROW_KEYS if k in batch}
     rows["advantages"] = advantages
+    if lcfg.aggregation == "microbatch_token_mean":  # normalisers from the whole batch: exact for any split
+        rows["block_tokens"] = loss_lib.block_token_counts(batch["completion_mask"], lcfg.microbatch_rows)
     # Micro-batch k = rows k, k + n, k + 2n, ... (or whole groups k, k + n, ... when prompts are shared):
     # the leading axis stays evenly sharded over devices.
     gs = config.group_size if config.share_prompts else 1
@@ -208,17 +214,18 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     def micro_loss(trainable, mb, key):
         params = policy_params(state, trainable, dropout_rng=key)
         logp, ent = sequence_logprobs(cfg, params, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
-                                      mb["completion_mask"], config.logprob_chunk, config.temperature, gs)
+                                      mb["completion_mask"], config.logprob_chunk, config.logprob_temperature, gs)
         if need_ref:
             ref, _ = sequence_logprobs(cfg, ref_params, mb["prompt_ids"], mb["prompt_mask"], mb["completion_ids"],
-                                       mb["completion_mask"], config.logprob_chunk, config.temperature, gs)
+                                       mb["completion_mask"], config.logprob_chunk, config.logprob_temperature, gs)
             ref = jax.lax.stop_gradient(ref)
         else:
             ref = mb.get("ref_logprobs")
         old = mb.get("old_logprobs")
         s, d, msums = loss_lib.policy_loss(logp, old, mb["advantages"], mb["completion_mask"], lcfg,
                                            ref_logp=ref if lcfg.beta > 0 else None,
-                                           sampler_logp=mb.get("sampler_logprobs"))
+                                           sampler_logp=mb.get("sampler_logprobs"),
+                                           block_tokens=mb.get("block_tokens"))
         valid = mb["completion_mask"] != 0
         msums["entropy"] = jnp.sum(jnp.where(valid, jax.lax.stop_gradient(ent), 0.0))
         if "sampler_logprobs" in mb:
@@ -257,7 +264,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
         "entropy": means["entropy"],
         "clip_frac_low": means["clip_low"],
         "clip_frac_high": means["clip_high"],
-        "clip_fraction": means["clip_low"] + means["clip_high"],
+        "clip_frac_dual": means["clip_dual"],
+        "clip_fraction": means["clip_low"] + means["clip_high"] + means["clip_dual"],
         "ratio_dev": means["ratio_dev"],
         "completion_tokens": m_sum["tokens"],
         "advantage_abs_mean": jnp.mean(jnp.abs(advantages)),
@@ -325,7 +333,7 @@ def make_logprob_fn(config: GrpoConfig, reference: bool = False):
         params = reference_params(state) if reference else policy_params(state)
         logp, _ = sequence_logprobs(state.model_config, params, batch["prompt_ids"], batch["prompt_mask"],
                                     batch["completion_ids"], batch["completion_mask"], config.logprob_chunk,
-                                    config.temperature, config.group_size if config.share_prompts else 1)
+                                    config.logprob_temperature, config.group_size if config.share_prompts else 1)
         return logp
 
     return jax.jit(fn)

@@ -35,8 +35,8 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
-Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_const"]
-AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_sum_const")
+Aggregation = Literal["token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const"]
+AGGREGATIONS: tuple[str, ...] = ("token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k3")
 
 __all__ = [
@@ -62,8 +62,13 @@ class LossConfig:
       aggregation: how per-token losses become one scalar (``n_i`` = completion tokens of
         row ``i``, ``B`` = rows, ``L`` = ``max_completion_length``):
 
-        * ``"token_mean"``: ``sum_{i,t} l_it / sum_i n_i`` (Open-RS, DAPO, TinyLoRA/verl
-          "token-mean"). Global over the whole batch, including across micro-batches.
+        * ``"token_mean"``: ``sum_{i,t} l_it / sum_i n_i``: one token mean over the whole batch,
+          across micro-batches (DAPO's definition).
+        * ``"microbatch_token_mean"``: the batch cut into consecutive blocks of
+          ``microbatch_rows`` rows (the reference's device micro-batch); a token mean within each
+          block, then the mean over blocks: ``(1/K) sum_k sum_{i in k,t} l_it / sum_{i in k} n_i``
+          (Open-RS's TRL of 2025-02-25, later TRL's ``bnpo``; one block = one group of G there).
+          Independent of how this library splits the batch for gradient accumulation.
         * ``"seq_mean_token_mean"``: ``(1/B) sum_i (sum_t l_it / n_i)`` (Tina / TRL 0.15).
           Every row counts in ``B``; a row with ``n_i = 0`` contributes 0.
         * ``"seq_sum_const"``: ``sum_{i,t} l_it / (B * L)`` (Dr. GRPO; TRL ``dr_grpo``).
@@ -76,6 +81,9 @@ class LossConfig:
       tis_cap: truncated importance sampling cap ``C`` (> 0) or ``None`` (off). See
         ``per_token_loss``.
       max_completion_length: the constant ``L`` of ``"seq_sum_const"`` (required there).
+      microbatch_rows: the block size of ``"microbatch_token_mean"`` (required there).
+      dual_clip: dual-clip PPO's ``c`` (> 1) or ``None`` (off): for ``A < 0`` the ratio is also
+        capped at ``c`` (verl ``clip_ratio_c``, default 3 there).
     """
 
     aggregation: Aggregation = "token_mean"
@@ -85,6 +93,8 @@ class LossConfig:
     kl_estimator: Literal["k1", "k3"] = "k3"
     tis_cap: float | None = None
     max_completion_length: int | None = None
+    microbatch_rows: int | None = None
+    dual_clip: float | None = None
 
     def __post_init__(self):
         if self.aggregation not in AGGREGATIONS:
@@ -110,6 +120,13 @@ class LossConfig:
         mcl = self.max_completion_length
         if mcl is not None and (isinstance(mcl, bool) or not isinstance(mcl, int) or mcl < 1):
             raise ValueError(f"max_completion_length must be a positive int or None, got {mcl!r}")
+        if self.aggregation == "microbatch_token_mean" and (
+                self.microbatch_rows is None or isinstance(self.microbatch_rows, bool)
+                or not isinstance(self.microbatch_rows, int) or self.microbatch_rows < 1):
+            raise ValueError("aggregation='microbatch_token_mean' needs microbatch_rows, a positive int (rows "
+                             f"per reference micro-batch, e.g. G), got {self.microbatch_rows!r}")
+        if self.dual_clip is not None and not self.dual_clip > 1.0:
+            raise ValueError(f"dual_clip must be > 1 or None (off), got {self.dual_clip}")
         if self.aggregation == "seq_sum_const" and mcl is None:
             raise ValueError(
                 "aggregation='seq_sum_const' (Dr. GRPO) normalises by num_sequences * "
@@ -167,6 +184,7 @@ def per_token_loss(
     ``el, eh = cfg.clip_eps_low, cfg.clip_eps_high``::
 
         pg   = -min(r * A, clip(r, 1 - el, 1 + eh) * A)
+        pg   = min(pg, -c * A) if A < 0 # only if cfg.dual_clip = c is set (dual-clip PPO, verl)
         pg  *= w                       # only if cfg.tis_cap is set (TIS, below)
         loss = pg + beta * kl          # only if beta > 0
 
@@ -224,13 +242,19 @@ def per_token_loss(
     clipped_high = (adv > 0) & (ratio > 1.0 + cfg.clip_eps_high)
     clipped_low = (adv < 0) & (ratio < 1.0 - cfg.clip_eps_low)
     clip_value = jnp.where(clipped_high, 1.0 + cfg.clip_eps_high, 1.0 - cfg.clip_eps_low)
-    surrogate_ratio = jnp.where(clipped_high | clipped_low, clip_value, ratio)
+    if cfg.dual_clip is not None:  # verl: for A < 0, max(-rA, -clip(r)A) is capped at -cA
+        clipped_dual = (adv < 0) & (ratio > cfg.dual_clip)
+        clip_value = jnp.where(clipped_dual, cfg.dual_clip, clip_value)
+    else:
+        clipped_dual = jnp.zeros_like(clipped_low)
+    surrogate_ratio = jnp.where(clipped_high | clipped_low | clipped_dual, clip_value, ratio)
     pg = -surrogate_ratio * adv
 
     aux: dict[str, jax.Array] = {
         "ratio": jax.lax.stop_gradient(ratio),
         "is_clipped_low": clipped_low.astype(jnp.float32),
         "is_clipped_high": clipped_high.astype(jnp.float32),
+        "is_clipped_dual": clipped_dual.astype(jnp.float32),
     }
 
     if cfg.tis_cap is not None:
@@ -261,14 +285,29 @@ def per_token_loss(
     return loss, aux
 
 
+def block_token_counts(mask: jax.Array, rows: int) -> jax.Array:
+    """``f32[B]``: for each row, the completion tokens of its block of ``rows`` consecutive rows (the
+    normaliser of ``microbatch_token_mean``). Compute it on the whole batch before splitting it."""
+    b = mask.shape[0]
+    if b % rows:
+        raise ValueError(f"microbatch_token_mean: the batch of {b} rows is not a whole number of blocks of "
+                         f"{rows} rows (grpo.aggregation_rows)")
+    n = jnp.sum(mask != 0, axis=1).astype(jnp.float32).reshape(b // rows, rows)
+    return jnp.repeat(jnp.sum(n, axis=1), rows)
+
+
 def aggregate(
-    loss_tokens: jax.Array, mask: jax.Array, cfg: LossConfig
+    loss_tokens: jax.Array, mask: jax.Array, cfg: LossConfig, block_tokens: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Reduces per-token losses to ``(sum, denom)``, both ``f32[]``.
 
     With ``n_i = sum_t mask[i, t]`` and ``B`` rows:
 
     * ``token_mean``:          ``sum = sum_{i,t} l_it``,          ``denom = sum_i n_i``
+    * ``microbatch_token_mean``: ``sum = sum_i (sum_t l_it / N_k(i))``, ``denom = B / R`` with
+      ``R = cfg.microbatch_rows`` and ``N_k(i)`` the tokens of row i's block (``block_tokens``
+      ``f32[B]``, from ``block_token_counts`` on the whole batch; computed here when None, which
+      needs this call to hold whole blocks)
     * ``seq_mean_token_mean``: ``sum = sum_i (sum_t l_it / max(n_i, 1))``, ``denom = B``
     * ``seq_sum_const``:       ``sum = sum_{i,t} l_it``,          ``denom = B * L``
 
@@ -286,6 +325,11 @@ def aggregate(
     num_rows = jnp.asarray(mask.shape[0], jnp.float32)
     if cfg.aggregation == "token_mean":
         return jnp.sum(lt), jnp.sum(counts)
+    if cfg.aggregation == "microbatch_token_mean":
+        if block_tokens is None:
+            block_tokens = block_token_counts(mask, cfg.microbatch_rows)
+        per_row = jnp.sum(lt, axis=1) / jnp.maximum(block_tokens.astype(jnp.float32), 1.0)
+        return jnp.sum(per_row), num_rows / float(cfg.microbatch_rows)
     if cfg.aggregation == "seq_mean_token_mean":
         return jnp.sum(jnp.sum(lt, axis=1) / jnp.maximum(counts, 1.0)), num_rows
     if cfg.aggregation == "seq_sum_const":
@@ -306,10 +350,11 @@ def policy_loss(
     cfg: LossConfig,
     ref_logp: jax.Array | None = None,
     sampler_logp: jax.Array | None = None,
+    block_tokens: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     """``per_token_loss`` + ``aggregate``, plus token sums for metrics.
 
-    Arguments as in ``per_token_loss``.
+    Arguments as in ``per_token_loss``; ``block_tokens`` as in ``aggregate``.
 
     Returns:
       ``(loss_sum f32[], loss_denom f32[], metric_sums)``. ``metric_sums`` maps names to
@@ -328,7 +373,7 @@ def policy_loss(
     loss_tokens, aux = per_token_loss(
         logp, old_logp, advantages, mask, cfg, ref_logp=ref_logp, sampler_logp=sampler_logp
     )
-    loss_sum, loss_denom = aggregate(loss_tokens, mask, cfg)
+    loss_sum, loss_denom = aggregate(loss_tokens, mask, cfg, block_tokens)
     valid = mask != 0
 
     def tsum(x):
@@ -338,6 +383,7 @@ def policy_loss(
         "tokens": jnp.sum(valid).astype(jnp.float32),
         "clip_low": tsum(aux["is_clipped_low"]),
         "clip_high": tsum(aux["is_clipped_high"]),
+        "clip_dual": tsum(aux["is_clipped_dual"]),
         "ratio_dev": tsum(jnp.abs(aux["ratio"] - 1.0)),
     }
     if "kl" in aux:
