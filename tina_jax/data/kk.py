@@ -30,7 +30,7 @@ from typing import Any
 
 __all__ = ["NAMES", "TEMPLATES", "make_puzzle", "make_puzzles", "solve", "evaluate", "parse_statements",
            "format_statement", "solution_text_format", "answer_block", "reasoning_trace", "sft_record",
-           "write_jsonl"]
+           "write_jsonl", "parse_source", "synthetic_splits"]
 
 Statement = tuple
 
@@ -270,6 +270,52 @@ def reasoning_trace(puzzle: dict, think_open: bool = True, compact: bool = False
 def sft_record(puzzle: dict, think_open: bool = True, compact: bool = False) -> dict:
     """A training record: the puzzle's fields plus ``completion`` (its reasoning trace)."""
     return dict(puzzle, completion=reasoning_trace(puzzle, think_open, compact))
+
+
+def parse_source(task: str) -> tuple[tuple[int, ...], bool]:
+    """``"kk3"``, ``"kk2-3"`` or ``"kk2-3:compact"`` (the part after ``synthetic:``) -> (sizes, compact)."""
+    body, _, opt = task.partition(":")
+    if not body.startswith("kk") or opt not in ("", "compact"):
+        raise ValueError(f"K&K source must look like synthetic:kk3, synthetic:kk2-3 or synthetic:kk2-3:compact; "
+                         f"got synthetic:{task}")
+    lo, _, hi = body[2:].partition("-")
+    try:
+        sizes = tuple(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"synthetic:{task}: people must be a number or a range such as 2-3") from None
+    if not sizes or sizes[0] < MIN_PEOPLE or sizes[-1] > MAX_PEOPLE:
+        raise ValueError(f"synthetic:{task}: people must lie in {MIN_PEOPLE}..{MAX_PEOPLE}")
+    return sizes, opt == "compact"
+
+
+def synthetic_splits(task: str, n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train and held-out K&K records for ``synthetic:<task>`` (``parse_source``), sizes in equal shares
+    (remainder to the smallest sizes). Train records carry ``completion`` (the reasoning trace); train puzzles
+    use base seed ``2 * seed``, eval puzzles ``2 * seed + 1``, and an eval puzzle whose statements also occur
+    in the train split is replaced by the next seed, so held-out puzzles are new problems (not only new names).
+    """
+    sizes, compact = parse_source(task)
+
+    def shares(n):
+        return [n // len(sizes) + (i < n % len(sizes)) for i in range(len(sizes))]
+
+    train = [sft_record(make_puzzle(p, 2 * seed * 10**6 + k), compact=compact)
+             for p, m in zip(sizes, shares(n_train)) for k in range(m)]
+    seen = {r["statements"] for r in train}
+    evals = []
+    for p, m in zip(sizes, shares(n_eval)):
+        k = 0
+        got = 0
+        while got < m:
+            if k >= 10**6:
+                raise ValueError(f"synthetic:{task}: not enough {p}-person puzzles outside the train split")
+            r = make_puzzle(p, (2 * seed + 1) * 10**6 + k)
+            k += 1
+            if r["statements"] in seen:
+                continue
+            evals.append(sft_record(r, compact=compact))
+            got += 1
+    return train, evals
 
 
 def write_jsonl(records: Iterable[dict], path: str) -> int:
