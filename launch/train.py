@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     ap.add_argument("--config", required=True, help="YAML recipe (see configs/)")
     ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-5")
     ap.add_argument("--dry-run", action="store_true", help="build everything that does not need the weights")
+    ap.add_argument("--no-memory-plan", action="store_true",
+                    help="with --dry-run: skip compiling the programs for XLA's memory analysis (slow for big models)")
     ap.add_argument("--no-resume", action="store_true", help="start fresh even if the run dir has checkpoints")
     args = ap.parse_args(argv)
     logging.basicConfig(level=os.environ.get("TINA_JAX_LOG", "WARNING"),
@@ -36,7 +38,7 @@ def main(argv=None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        trainer.dry_run(cfg)
+        trainer.dry_run(cfg, memory_plan=not args.no_memory_plan)
         return 0
     try:
         trainer.train(cfg, resume=not args.no_resume)

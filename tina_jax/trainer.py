@@ -511,7 +511,7 @@ def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
     return steps
 
 
-def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
+def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan: bool = True) -> dict:
     """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
     prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
     from tina_jax.models import decoder, load_config
@@ -629,5 +629,12 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             "if everything shards evenly)")
     report["memory_bytes"] = est
     report["grpo_step_metrics"] = sorted(metrics)
+    if memory_plan:  # XLA's own per-device figures for the compiled programs (tina_jax.memory_plan)
+        from tina_jax.memory_plan import format_plan, memory_plan as plan_fn
+
+        plan = plan_fn(cfg, mcfg=mcfg)
+        report["memory_plan"] = plan
+        console(format_plan(plan) + f" (this process's {plan['devices']} device(s); bench/memory_plan.py plans "
+                "other device counts)")
     console("dry run OK: config, shapes and the GRPO step trace without the weights")
     return report
