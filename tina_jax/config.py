@@ -44,7 +44,9 @@ class AdapterSection:
     u: int = 1  # TinyLoRA: trainable values per tie group
     n_tie: int = 1  # TinyLoRA: modules sharing one v
     tie_mode: Literal["tiled", "structured"] = "tiled"
-    share_projections: bool = False
+    # TinyLoRA's random P: shared_by_min_dim (the authors' code: reseeding before each module's SVD gives
+    # modules with the same smaller kernel dimension the same P), per_module (the paper's text) or shared
+    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
     seed: int = 0
 
 

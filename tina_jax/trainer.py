@@ -121,7 +121,7 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
     if a.kind == "lora":
         hp["dropout"] = a.dropout
     if a.kind == "tinylora":
-        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, share_projections=a.share_projections)
+        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, projections=a.projections)
     return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
 
 
