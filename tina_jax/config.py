@@ -83,6 +83,9 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
+    # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
+    adapter_decoding: Literal["merged", "factored"] = "merged"
 
 
 @dataclasses.dataclass(frozen=True)
