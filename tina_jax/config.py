@@ -44,7 +44,9 @@ class AdapterSection:
     u: int = 1  # TinyLoRA: trainable values per tie group
     n_tie: int = 1  # TinyLoRA: modules sharing one v
     tie_mode: Literal["tiled", "structured"] = "tiled"
-    share_projections: bool = False
+    # TinyLoRA's random P: shared_by_min_dim (the authors' code: reseeding before each module's SVD gives
+    # modules with the same smaller kernel dimension the same P), per_module (the paper's text) or shared
+    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
     seed: int = 0
 
 
@@ -81,6 +83,9 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
+    # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
+    adapter_decoding: Literal["merged", "factored"] = "merged"
 
 
 @dataclasses.dataclass(frozen=True)

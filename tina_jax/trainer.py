@@ -121,7 +121,7 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
     if a.kind == "lora":
         hp["dropout"] = a.dropout
     if a.kind == "tinylora":
-        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, share_projections=a.share_projections)
+        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, projections=a.projections)
     return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
 
 
@@ -341,7 +341,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     r = cfg.rollout
     sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
-                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length)
+                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length,
+                                  adapter_decoding=r.adapter_decoding)
     sample_root = jax.random.key(cfg.train.seed + 1)
     eval_root = jax.random.key(cfg.train.seed + 2)
 
