@@ -149,6 +149,11 @@ class Checkpointer:
             create=True,
         )
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax removes half-written `<step>.orbax-checkpoint-tmp-*` directories in a background future;
+        # wait for it so a caller never sees (or races with) a stray one.
+        cleanup = getattr(self._mgr, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None and hasattr(cleanup, "result"):
+            cleanup.result()
 
     def _score(self, metrics: Mapping[str, Any] | None) -> float:
         v = _metric_value(metrics, self.best_metric)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,7 +45,9 @@ class AdapterSection:
     u: int = 1  # TinyLoRA: trainable values per tie group
     n_tie: int = 1  # TinyLoRA: modules sharing one v
     tie_mode: Literal["tiled", "structured"] = "tiled"
-    share_projections: bool = False
+    # TinyLoRA's random P: shared_by_min_dim (the authors' code: reseeding before each module's SVD gives
+    # modules with the same smaller kernel dimension the same P), per_module (the paper's text) or shared
+    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
     seed: int = 0
 
 
@@ -81,6 +84,9 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
+    # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
+    adapter_decoding: Literal["merged", "factored"] = "merged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +259,18 @@ def _check_values(c: RunConfig) -> None:
     req(o.schedule_steps is None or o.schedule_steps >= t.max_steps, "optim.schedule_steps",
         f"must be >= train.max_steps ({t.max_steps}) or null")
     req(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    req(t.save_every >= 1, "train.save_every", f"must be >= 1 (save a checkpoint every N steps), got {t.save_every}")
+    req(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0 = never), got {t.eval_every}")
+    req(t.sample_every >= 0, "train.sample_every", f"must be >= 0 (0 = never), got {t.sample_every}")
+    req(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    req(t.eval_samples >= 0, "train.eval_samples", f"must be >= 0, got {t.eval_samples}")
+    req(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
+    req(t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1 or null")
+    req(t.time_limit_minutes is None or t.time_limit_minutes > 0, "train.time_limit_minutes", "must be > 0 or null")
+    req(t.cost_per_device_hour >= 0, "train.cost_per_device_hour", "must be >= 0")
+    req(g.adv_eps >= 0, "grpo.adv_eps", f"must be >= 0, got {g.adv_eps}")
+    req(d.n_eval >= 0, "data.n_eval", f"must be >= 0, got {d.n_eval}")
+    req(d.n_train is None or d.n_train >= 1, "data.n_train", f"must be >= 1 or null, got {d.n_train}")
     req(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     req(a.rank >= 1, "adapter.rank", f"must be >= 1, got {a.rank}")
     req(a.u >= 1, "adapter.u", f"must be >= 1, got {a.u}")
@@ -268,6 +286,11 @@ def _check_values(c: RunConfig) -> None:
             near = difflib.get_close_matches(spec.name, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known rewards: {sorted(known)}"
             raise ConfigError(f"rewards[{i}].name: unknown reward {spec.name!r}{hint}")
+        try:
+            rewards_lib.check_params(spec.name, spec.params)
+        except ValueError as e:
+            raise ConfigError(f"rewards[{i}].params: {e}") from None
+        req(math.isfinite(spec.weight), f"rewards[{i}].weight", f"must be a finite number, got {spec.weight}")
     _check_eval(c.eval)
     if any(m <= 0 for m in c.mesh.shape if m != -1) or list(c.mesh.shape).count(-1) > 1:
         raise ConfigError(f"mesh.shape: entries must be positive (one may be -1), got {c.mesh.shape}")
@@ -349,10 +372,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+                    raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            else:
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan pass YAML but poison a run (an inf lr saved NaN weights)
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -401,17 +427,26 @@ def _to_plain(obj: Any) -> Any:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in order."""
     data = _to_plain(data)
+    seen: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
+        if key.strip() in seen:
+            raise ConfigError(f"override {key.strip()!r} is given twice ({seen[key.strip()]!r} and {item!r}); "
+                              "keep one")
+        seen[key.strip()] = item
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             if not isinstance(node.setdefault(p, {}), dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it, e.g. key='value'") from None
     return data
 
 

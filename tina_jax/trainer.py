@@ -121,7 +121,7 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
     if a.kind == "lora":
         hp["dropout"] = a.dropout
     if a.kind == "tinylora":
-        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, share_projections=a.share_projections)
+        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, projections=a.projections)
     return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
 
 
@@ -341,7 +341,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     r = cfg.rollout
     sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
-                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length)
+                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length,
+                                  adapter_decoding=r.adapter_decoding)
     sample_root = jax.random.key(cfg.train.seed + 1)
     eval_root = jax.random.key(cfg.train.seed + 2)
 
@@ -511,7 +512,17 @@ def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
     return steps
 
 
-def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
+def _remote_source(source: str) -> bool:
+    """True for a hub dataset id (skipped offline by the dry run); False for synthetic tasks and anything that
+    names a local file (an existing path, a data-file suffix, or an absolute/relative path)."""
+    if source.startswith("synthetic:") or Path(source).exists():
+        return False
+    if Path(source).suffix in (".jsonl", ".json", ".parquet", ".csv", ".arrow"):
+        return False
+    return not source.startswith(("/", "./", "../", "~"))
+
+
+def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan: bool = True) -> dict:
     """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
     prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
     from tina_jax.models import decoder, load_config
@@ -547,8 +558,9 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
             report["data_steps"] = _report_data_steps(cfg, build_loader(cfg, train_ex), console)
         except Exception as e:
-            if "synthetic:" in cfg.data.train or Path(cfg.data.train).exists():
-                raise
+            if not _remote_source(cfg.data.train) or (cfg.data.eval and not _remote_source(cfg.data.eval)
+                                                      and not Path(cfg.data.eval).exists()):
+                raise  # a local file (present, or missing) fails here exactly as the real run would
             report["data"] = f"{cfg.data.train} not reachable offline ({type(e).__name__}): not checked"
             console(f"data: {report['data']}")
     else:
@@ -629,5 +641,12 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             "if everything shards evenly)")
     report["memory_bytes"] = est
     report["grpo_step_metrics"] = sorted(metrics)
+    if memory_plan:  # XLA's own per-device figures for the compiled programs (tina_jax.memory_plan)
+        from tina_jax.memory_plan import format_plan, memory_plan as plan_fn
+
+        plan = plan_fn(cfg, mcfg=mcfg)
+        report["memory_plan"] = plan
+        console(format_plan(plan) + f" (this process's {plan['devices']} device(s); bench/memory_plan.py plans "
+                "other device counts)")
     console("dry run OK: config, shapes and the GRPO step trace without the weights")
     return report
