@@ -170,6 +170,29 @@ class EvalSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SftSection:
+    """Supervised fine-tuning (``algorithm: sft``, ``tina_jax.rl.sft``): data.train records with
+    ``messages``, ``prompt``/``completion`` or the prompt recipe's field + ``completion``."""
+
+    batch_size: int = 8  # sequences per optimizer step
+    micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: the whole batch)
+    max_length: int = 1024  # tokens per sequence (prompt + completion), and per packed row
+    overlong: Literal["skip", "truncate"] = "skip"  # longer sequences: dropped or cut (counted either way)
+    pack: bool = False  # pack a step's sequences into rows of max_length (same update, fewer pad tokens)
+    completion_field: str = "completion"
+    logprob_chunk: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFromSection:
+    """Start from another run's weights (two-stage pipelines: SFT, then RL). ``run``: a run directory
+    (its checkpoint's full weights, or base + adapter merged); the new run's adapter starts fresh on top."""
+
+    run: str | None = None
+    checkpoint: str = "last"  # last | best | a step number
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSection:
     shape: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1
 
@@ -186,6 +209,9 @@ class RunConfig:
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     mesh: MeshSection = MeshSection()
+    algorithm: Literal["grpo", "sft"] = "grpo"
+    sft: SftSection = SftSection()
+    init_from: InitFromSection = InitFromSection()
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -292,6 +318,16 @@ def _check_values(c: RunConfig) -> None:
             raise ConfigError(f"rewards[{i}].params: {e}") from None
         req(math.isfinite(spec.weight), f"rewards[{i}].weight", f"must be a finite number, got {spec.weight}")
     _check_eval(c.eval)
+    sf = c.sft
+    req(sf.batch_size >= 1, "sft.batch_size", f"must be >= 1, got {sf.batch_size}")
+    req(sf.max_length >= 2, "sft.max_length", f"must be >= 2, got {sf.max_length}")
+    req(sf.logprob_chunk >= 1, "sft.logprob_chunk", "must be >= 1")
+    if sf.micro_batch_size is not None and not sf.pack:
+        req(sf.micro_batch_size >= 1 and sf.batch_size % sf.micro_batch_size == 0, "sft.micro_batch_size",
+            f"{sf.micro_batch_size} must divide sft.batch_size ({sf.batch_size})")
+    ck = c.init_from.checkpoint
+    req(ck in ("last", "best") or ck.isdigit(), "init_from.checkpoint",
+        f"must be last, best or a step number, got {ck!r}")
     if any(m <= 0 for m in c.mesh.shape if m != -1) or list(c.mesh.shape).count(-1) > 1:
         raise ConfigError(f"mesh.shape: entries must be positive (one may be -1), got {c.mesh.shape}")
 

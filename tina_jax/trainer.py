@@ -45,33 +45,51 @@ class TrainingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------------
+def load_split(cfg: RunConfig, source: str, split: str | None, n: int | None):
+    """Raw records of one split (synthetic sources draw train and eval disjointly with data.seed)."""
+    from tina_jax.data import pipeline
+
+    d = cfg.data
+    kw: dict[str, Any] = {}
+    if source.startswith("synthetic:"):
+        kw = {"n": n, "seed": d.seed}
+        if split in (None, "train"):
+            kw["n_eval"] = d.n_eval if d.eval == source else 0
+        else:
+            kw["n_train"] = d.n_train or 0
+    records = pipeline.load_records(source, split, **kw)
+    if n is not None and not source.startswith("synthetic:"):
+        records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
+    return records
+
+
+def _prompt_options(cfg: RunConfig) -> dict:
+    d = cfg.data
+    return dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
+                max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
+
+
+def build_eval_data(cfg: RunConfig, tokenizer) -> tuple[list, dict | None]:
+    """(held-out examples of data.eval, report), prompts rendered as for training rollouts."""
+    from tina_jax.data import pipeline
+
+    d = cfg.data
+    if not d.eval:
+        return [], None
+    eval_ex, eval_rep = pipeline.prepare_examples(load_split(cfg, d.eval, d.eval_split, d.n_eval), tokenizer,
+                                                  **_prompt_options(cfg))
+    return eval_ex[:d.n_eval], eval_rep
+
+
 def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
     """(train examples, eval examples, report) with prompts rendered by the tokenizer's chat template."""
     from tina_jax.data import pipeline
 
     d = cfg.data
-
-    def load(source, split, n):
-        kw: dict[str, Any] = {}
-        if source.startswith("synthetic:"):
-            kw = {"n": n, "seed": d.seed}
-            if split in (None, "train"):
-                kw["n_eval"] = d.n_eval if d.eval == source else 0
-            else:
-                kw["n_train"] = d.n_train or 0
-        records = pipeline.load_records(source, split, **kw)
-        if n is not None and not source.startswith("synthetic:"):
-            records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
-        return records
-
     n_train = d.n_train if d.n_train is not None else (5000 if d.train.startswith("synthetic:") else None)
-    common = dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
-                  max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
-    train_ex, train_rep = pipeline.prepare_examples(load(d.train, d.train_split, n_train), tokenizer, **common)
-    eval_ex, eval_rep = [], None
-    if d.eval:
-        eval_ex, eval_rep = pipeline.prepare_examples(load(d.eval, d.eval_split, d.n_eval), tokenizer, **common)
-        eval_ex = eval_ex[:d.n_eval]
+    train_ex, train_rep = pipeline.prepare_examples(load_split(cfg, d.train, d.train_split, n_train), tokenizer,
+                                                    **_prompt_options(cfg))
+    eval_ex, eval_rep = build_eval_data(cfg, tokenizer)
     return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
 
 
@@ -257,6 +275,7 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
             if step not in steps:
                 raise TrainingError(f"{run_dir}: no checkpoint at step {step}; saved steps: {steps}")
         model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
+        model = apply_init_from(cfg, model, console)
         adapter = build_adapter(cfg, model.config, model.params)
         state = init_state(model.config, model.params, optim.build_optimizer(cfg.optim, cfg.train.max_steps),
                            jax.random.key(cfg.train.seed), adapter=adapter)
@@ -268,8 +287,54 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
     return model, policy_params(state), info
 
 
+def apply_init_from(cfg: RunConfig, model, console: Callable[[str], None] = print):
+    """``model`` with the weights of the run named by ``init_from.run`` (its checkpoint's full weights, or its
+    base with its adapter merged): stage 2 of a two-stage pipeline starts where stage 1 ended. The new run's
+    adapter, if any, is built fresh on top of these weights."""
+    if cfg.init_from.run is None:
+        return model
+    from tina_jax.models.linear import materialize_tree
+
+    ck = cfg.init_from.checkpoint
+    src_model, params, info = load_run_policy(cfg.init_from.run, int(ck) if ck.isdigit() else ck, console)
+    params = materialize_tree(params)
+    def shapes(tree):
+        return jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: tuple(x.shape), tree),
+                                                    is_leaf=lambda x: isinstance(x, tuple))[0]
+
+    if shapes(params) != shapes(model.params):
+        raise TrainingError(f"init_from.run {cfg.init_from.run} trained {info['source']}, whose parameters do not "
+                            f"match model.source {cfg.model.source}; use the same base model in both stages")
+    params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), params, model.params)
+    console(f"init_from: weights of {info['run']} at step {info['checkpoint']} ({info['adapter']} merged)")
+    return dataclasses.replace(model, params=params)
+
+
+def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
+    """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
+    from tina_jax import evaluation
+
+    e, t0 = cfg.eval, time.time()
+    res = evaluation.evaluate(
+        model, list(e.benchmarks), e.protocol, params=params, samples=e.samples, seeds=e.seeds,
+        limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+        out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
+        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
+    m = evaluation.flat_metrics(res)
+    m["time/bench_eval_s"] = time.time() - t0
+    key = f"avg@{res['settings']['samples']}"
+    console(f"step {step}: {e.protocol} " + ", ".join(
+        f"{b} {v['metrics'][key]['mean']:.3f}" for b, v in res["benchmarks"].items())
+        + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
+    return m
+
+
 def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
-    """Run (or resume) GRPO training as configured; returns the final summary dict."""
+    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary."""
+    if cfg.algorithm == "sft":
+        from tina_jax.sft_trainer import train_sft
+
+        return train_sft(cfg, resume=resume, console=console)
     from tina_jax import checkpoint, runlog, sampling as smp
     from tina_jax.models import load_model
 
@@ -285,6 +350,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
                        mesh=mesh if multi else None, remat=cfg.model.remat)
+    model = apply_init_from(cfg, model, console)
     mcfg, tok = model.config, model.tokenizer
     if tok is None:
         raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
@@ -357,21 +423,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     def run_bench_eval(step: int) -> dict:
         """The eval section's benchmarks on the current weights (``tina_jax.evaluation``)."""
-        from tina_jax import evaluation
-
-        e, t0 = cfg.eval, time.time()
-        res = evaluation.evaluate(
-            model, list(e.benchmarks), e.protocol, params=policy_params(state), samples=e.samples, seeds=e.seeds,
-            limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-            out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
-            model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
-        m = evaluation.flat_metrics(res)
-        m["time/bench_eval_s"] = time.time() - t0
-        key = f"avg@{res['settings']['samples']}"
-        console(f"step {step}: {e.protocol} " + ", ".join(
-            f"{b} {v['metrics'][key]['mean']:.3f}" for b, v in res["benchmarks"].items())
-            + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
-        return m
+        return bench_eval(cfg, model, policy_params(state), run_dir, step, console)
 
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -525,6 +577,10 @@ def _remote_source(source: str) -> bool:
 def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan: bool = True) -> dict:
     """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
     prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
+    if cfg.algorithm == "sft":
+        from tina_jax.sft_trainer import dry_run_sft
+
+        return dry_run_sft(cfg, console)
     from tina_jax.models import decoder, load_config
     from tina_jax.rl.grpo import grpo_step
 

@@ -53,7 +53,8 @@ def load_records(source: str, split: str | None = None, **kw) -> "list[dict] | A
 
     Args:
       source: one of
-        - ``"synthetic:<task>"`` (``add``, ``sub``, ``mul``; see ``tasks.py``). Keyword arguments:
+        - ``"synthetic:<task>"`` (``add``, ``sub``, ``mul``, see ``tasks.py``; or K&K puzzles ``kk3``,
+          ``kk2-3``, ``kk2-3:compact`` with reasoning traces, see ``kk.py``). Keyword arguments:
           ``n`` (records of this split, required), ``seed`` (default 0), and for a train split
           ``n_eval`` / for an eval split ``n_train`` (default 0): the size of the other split, checked
           to fit in the pool. Train (``split`` None or "train") and eval (``split`` in
@@ -75,10 +76,16 @@ def load_records(source: str, split: str | None = None, **kw) -> "list[dict] | A
         if "n" not in kw:
             raise ValueError(f"load_records({source!r}) needs n=<number of records>")
         seed = kw.get("seed", 0)
+        if task.startswith("kk"):  # Knights & Knaves puzzles with reasoning traces (tina_jax.data.kk)
+            from tina_jax.data import kk
+
+            splits = kk.synthetic_splits
+        else:
+            splits = tasks_lib.synthetic_splits
         if split is None or split == "train":
-            return tasks_lib.synthetic_splits(task, kw["n"], kw.get("n_eval", 0), seed)[0]
+            return splits(task, kw["n"], kw.get("n_eval", 0), seed)[0]
         if split in _EVAL_SPLITS:
-            return tasks_lib.synthetic_splits(task, kw.get("n_train", 0), kw["n"], seed)[1]
+            return splits(task, kw.get("n_train", 0), kw["n"], seed)[1]
         raise ValueError(f"synthetic sources have splits 'train' and {_EVAL_SPLITS}; got {split!r}")
 
     import datasets  # heavy import, only when needed
