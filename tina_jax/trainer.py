@@ -628,7 +628,6 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     new_state, metrics = jax.eval_shape(lambda s, b: grpo_step(s, b, grpo_config(cfg)), state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
 
-    n_dev = max(1, int(np.prod([s for s in cfg.mesh.shape if s > 0])))
     base = _tree_bytes(shapes)
     trainable = _tree_bytes(state.trainable)
     opt = _tree_bytes(state.opt_state)
@@ -641,13 +640,32 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     logits = micro * g.logprob_chunk * mcfg.vocab_size * 4 * 3
     est = {"base_params": base, "trainable": trainable, "optimizer_state": opt, "rollout_kv_cache": kv,
            "train_activations (rough)": acts, "logits_chunk": logits}
-    total = sum(est.values())
+    # Per device on the configured mesh (-1 takes this machine's devices): weights and optimizer state as
+    # the partition rules lay them out, batch-shaped buffers over data x fsdp.
+    mesh_shape = list(cfg.mesh.shape)
+    if -1 in mesh_shape:
+        rest = int(np.prod([m for m in mesh_shape if m != -1]))
+        mesh_shape[mesh_shape.index(-1)] = max(1, jax.device_count() // rest)
+    axes = dict(zip(sharding.AXES, mesh_shape))
+    n_batch = axes["data"] * axes["fsdp"]
+    for what, n in (("rollout mini-batch (completions)", mb_rows), ("grpo.micro_batch_size", micro)):
+        if n % n_batch:
+            raise ValueError(f"{what} {n} is not divisible by data x fsdp = {n_batch} of mesh {tuple(mesh_shape)}; "
+                             "change the batch sizes or the mesh shape")
+    per_dev = {"base_params": sharding.per_device_bytes(shapes, axes),
+               "trainable": sharding.per_device_bytes(state.trainable, axes),
+               "optimizer_state": sharding.per_device_bytes(state.opt_state, axes),
+               "rollout_kv_cache": kv // n_batch if rows % n_batch == 0 else kv,
+               "train_activations (rough)": acts // n_batch, "logits_chunk": logits // n_batch}
+    total, total_dev = sum(est.values()), sum(per_dev.values())
     console(f"trainable parameters: {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable)):,}")
-    console("memory estimate (whole job, before sharding over devices):")
+    console(f"memory estimate: {'whole job':>12s} {'per device':>12s}  (mesh data x fsdp x tensor = "
+            f"{' x '.join(map(str, mesh_shape))})")
     for k, v in est.items():
-        console(f"  {k:28s} {_gib(v)}")
-    console(f"  {'total':28s} {_gib(total)}  (~{_gib(total / n_dev)} per device over {n_dev} devices "
-            "if everything shards evenly)")
+        console(f"  {k:28s} {_gib(v):>12s} {_gib(per_dev[k]):>12s}")
+    console(f"  {'total':28s} {_gib(total):>12s} {_gib(total_dev):>12s}")
+    report["memory_per_device_bytes"] = per_dev
+    report["mesh"] = mesh_shape
     report["memory_bytes"] = est
     report["grpo_step_metrics"] = sorted(metrics)
     console("dry run OK: config, shapes and the GRPO step trace without the weights")
