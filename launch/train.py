@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-memory-plan", action="store_true",
                     help="with --dry-run: skip compiling the programs for XLA's memory analysis (slow for big models)")
     ap.add_argument("--no-resume", action="store_true", help="start fresh even if the run dir has checkpoints")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="with --no-resume: move an existing run in train.run_dir aside and start over")
     ap.add_argument("--debug", action="store_true", help="print full tracebacks instead of one-line errors")
     ap.add_argument("--coordinator", help="multi-process run: HOST:PORT of process 0 (jax.distributed)")
     ap.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
@@ -39,9 +41,10 @@ def main(argv=None) -> int:
 
     from tina_jax.config import ConfigError, load_config
     from tina_jax import trainer
+    from tina_jax.run_dir import RunDirError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides, strict_overrides=True)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -57,8 +60,8 @@ def main(argv=None) -> int:
         if args.dry_run:
             trainer.dry_run(cfg, memory_plan=not args.no_memory_plan)
             return 0
-        trainer.train(cfg, resume=not args.no_resume)
-    except trainer.TrainingError as e:
+        trainer.train(cfg, resume=not args.no_resume, overwrite=args.overwrite)
+    except (trainer.TrainingError, RunDirError) as e:
         print(f"training stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:

@@ -76,9 +76,7 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
     from tina_jax.models import load_model
 
     t_start = time.time()
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.dump_config(cfg, run_dir / "config.yaml")
+    run_dir = Path(cfg.train.run_dir)  # claimed (locked, checked, config.yaml written) by trainer.train
     mesh = sharding.make_mesh(cfg.mesh.shape)
     multi = mesh.size > 1
     model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
@@ -130,9 +128,9 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
                                    best_metric="eval/greedy_accuracy")
     writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
     start = 0
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        arrays, meta = ckpt.restore(latest, like=tr._checkpoint_arrays(state))
+    found = ckpt.restore_latest_intact(tr._checkpoint_arrays(state), console) if resume else None
+    if found is not None:
+        _, arrays, meta = found
         state = tr._restore_state(state, arrays)
         loader.set_state(meta["loader"])
         start = int(meta["step"])

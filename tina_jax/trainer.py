@@ -228,7 +228,11 @@ class _Stop:
     signal: int | None = None
 
     def __call__(self, signum, frame):
-        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting", signum)
+        if self.signal is not None:  # a second Ctrl-C / TERM: the user does not want to wait for the step
+            raise KeyboardInterrupt(f"second signal {signum}: stopped at once without saving this step; the "
+                                    "last checkpoint is kept, rerun the same command to resume from it")
+        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting "
+                    "(send it again to stop at once)", signum)
         self.signal = signum
 
 
@@ -336,22 +340,33 @@ def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console:
     return m
 
 
-def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
-    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary."""
-    if cfg.algorithm == "sft":
-        from tina_jax.sft_trainer import train_sft
+def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print,
+          overwrite: bool = False) -> dict:
+    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary.
 
-        return train_sft(cfg, resume=resume, console=console)
+    The run directory is claimed first (``tina_jax.run_dir``): a second live trainer, a fresh start over
+    another run's checkpoints (unless ``overwrite``) and a resume under a changed config are refused."""
+    from tina_jax.run_dir import open_run_dir
+
+    guard = open_run_dir(cfg, resume=resume, overwrite=overwrite, primary=distributed.is_primary())
+    try:
+        if cfg.algorithm == "sft":
+            from tina_jax.sft_trainer import train_sft
+
+            return train_sft(cfg, resume=resume, console=console)
+        return _train_grpo(cfg, resume, console)
+    finally:
+        guard.release()
+
+
+def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) -> dict:
     from tina_jax import checkpoint, runlog, sampling as smp
     from tina_jax.models import load_model
 
     t_start = time.time()
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     primary = distributed.is_primary()  # only process 0 writes logs, plots and samples
-    if primary:
-        config_lib.dump_config(cfg, run_dir / "config.yaml")
-    else:
+    if not primary:
         console = lambda *a, **k: None  # noqa: E731
 
     mesh = sharding.make_mesh(cfg.mesh.shape)
@@ -403,9 +418,9 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                                    best_metric=f"eval/greedy_accuracy")
     writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
     start = 0
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        arrays, meta = ckpt.restore(latest, like=_checkpoint_arrays(state))
+    found = ckpt.restore_latest_intact(_checkpoint_arrays(state), console) if resume else None
+    if found is not None:
+        _, arrays, meta = found
         state = _restore_state(state, arrays)
         loader.set_state(meta["loader"])
         start = int(meta["step"])
