@@ -88,3 +88,30 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     assert (tmp_path / "ck" / "damaged-2").is_dir() and ck.all_steps() == [1]
     assert any("checkpoint 2" in s and "damaged" in s for s in said)
     ck.close()
+
+
+def test_second_signal_stops_at_once():
+    from tina_jax.trainer import _Stop
+
+    stop = _Stop()
+    stop(2, None)
+    assert stop.signal == 2
+    with pytest.raises(KeyboardInterrupt, match="second signal"):
+        stop(2, None)
+
+
+def test_dry_run_fails_where_the_real_run_would(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    base = [sys.executable, str(root / "launch" / "train.py"), "--config", str(root / "configs" / "smollm2_arith_cpu.yaml"),
+            "--dry-run", "--no-memory-plan", f"train.run_dir={tmp_path}"]
+    r = subprocess.run(base + ["mesh.shape=[4,1,1]"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "needs 4 devices" in r.stderr and "xla_force_host_platform_device_count=4" in r.stderr
+    r = subprocess.run(base + ["data.max_prompt_length=8000", "rollout.max_new_tokens=500"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "8500 exceeds the model's context of 8192" in r.stderr

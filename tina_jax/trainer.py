@@ -317,6 +317,16 @@ def apply_init_from(cfg: RunConfig, model, console: Callable[[str], None] = prin
     return dataclasses.replace(model, params=params)
 
 
+def check_context(cfg: RunConfig, mcfg) -> None:
+    """Prompts plus completions must fit the model's context (the model config is known only once loaded)."""
+    need = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if need > mcfg.max_position_embeddings:
+        raise TrainingError(
+            f"data.max_prompt_length ({cfg.data.max_prompt_length}) + rollout.max_new_tokens "
+            f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
+            f"tokens ({cfg.model.source}); lower one of them")
+
+
 def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
     """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
     from tina_jax import evaluation
@@ -378,6 +388,7 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
                        mesh=mesh if multi else None, remat=cfg.model.remat)
     model = apply_init_from(cfg, model, console)
     mcfg, tok = model.config, model.tokenizer
+    check_context(cfg, mcfg)
     if tok is None:
         raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
     console(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
@@ -500,10 +511,12 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
                     state, m = step_fn(state, place(mb))
                     ms.append(m)
             m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
-            if not math.isfinite(m["loss"]):
+            if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
+                # raised before the save below: a non-finite update never reaches a checkpoint
                 raise TrainingError(
-                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); lower optim.lr, "
-                    f"check the rewards (mean {rewards.mean():.3f}), or set optim.max_grad_norm")
+                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); nothing of this step was "
+                    f"saved (the last checkpoint is intact); lower optim.lr, check the rewards (mean "
+                    f"{rewards.mean():.3f}), or set optim.max_grad_norm")
             step += 1
             dt = time.time() - t0
             tokens = int(lens.sum())
@@ -623,6 +636,15 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
     report: dict[str, Any] = {"config": "ok"}
     mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
                        compute_dtype=cfg.model.compute_dtype or cfg.model.dtype or "bfloat16", remat=cfg.model.remat)
+    check_context(cfg, mcfg)
+    try:
+        mesh = sharding.make_mesh(cfg.mesh.shape)  # fails here as in the real run: too few devices, ...
+    except ValueError as e:
+        n = int(np.prod([m for m in cfg.mesh.shape if m > 0]))
+        raise ValueError(f"{e} (to dry-run a larger mesh on a CPU, start the process with "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={n})") from None
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
     console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
             f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
 
