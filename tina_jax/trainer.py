@@ -375,8 +375,10 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             }
             if correct_name in per_reward:
                 metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
+            # End-of-run hook: step == last_step is the last step of the run (train.max_steps, or the end of
+            # the data); the final evaluation runs there, and its metrics go into the final checkpoint.
             if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
-                metrics.update(run_eval(step))  # the final evaluation runs here at step == last_step
+                metrics.update(run_eval(step))
             writer.write(step, metrics)
             bar.update(step, metrics)
             last_metrics = metrics
@@ -493,7 +495,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             report["data_steps_upper_bound"] = steps
             console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
                     f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
-                    f"{cfg.train.max_steps}" + (" EXCEEDS it: the run would end early" if steps < cfg.train.max_steps
+                    f"{cfg.train.max_steps}" + (": fewer, the run would end with the data" if steps < cfg.train.max_steps
                                                 else ""))
     build_rewards(cfg, tok)  # reward names and parameters resolve
 
