@@ -245,7 +245,7 @@ STRUCTURED_2 = {n: [2 * m, 2 * m, 2 * m + 1] for m, n in enumerate(adapters.KERN
 def test_tying_one_sgd_step(mode, n_tie, groups, hf_tiny_dir):
     cfg, params = load_hf_dir(hf_tiny_dir("llama")[0])
     ad = adapters.init("tinylora", cfg, params, jax.random.key(3), u=2, n_tie=n_tie, tie_mode=mode,
-                       share_projections=True, init_std=0.01)
+                       projections="shared", init_std=0.01)
     assert {n: list(ix) for n, ix in zip(ad.spec.targets, ad.spec.tie_index)} == groups
     n_groups = max(max(g) for g in groups.values()) + 1
     assert ad.trainable["v"].shape == (n_groups, 2) == (ad.spec.num_groups, ad.spec.u)
@@ -273,9 +273,9 @@ def test_tying_one_sgd_step(mode, n_tie, groups, hf_tiny_dir):
 
 
 def test_unshared_projections_use_the_group_v(hf_tiny_dir):
-    """Default (authors' code): P per module and layer, v tied: dcore = dv[group] . P / sqrt(u)."""
+    """P per module and layer (the paper's text), v tied: dcore = dv[group] . P / sqrt(u)."""
     cfg, params = load_hf_dir(hf_tiny_dir("llama")[0])
-    ad = adapters.init("tinylora", cfg, params, jax.random.key(3), u=2, n_tie=3)
+    ad = adapters.init("tinylora", cfg, params, jax.random.key(3), u=2, n_tie=3, projections="per_module")
     assert ad.frozen["q_proj"]["p"].shape == (3, 2, 2, 2) and "p" not in ad.frozen
     dv = 0.3 * jax.random.normal(jax.random.key(9), ad.trainable["v"].shape)
     after = adapters.cores(ad.replace(trainable={"v": ad.trainable["v"] + dv}))
@@ -284,6 +284,39 @@ def test_unshared_projections_use_the_group_v(hf_tiny_dir):
         for layer, g in enumerate(ix):
             want = np.einsum("i,ijk->jk", np.asarray(dv[g]), np.asarray(ad.frozen[name]["p"][layer])) / math.sqrt(2)
             np.testing.assert_allclose(after[name][layer] - before[name][layer], want, atol=1e-6)
+
+
+def _authors_p(shape, r=2, u=2):
+    """The authors' init order (jxmorris12/verl-lora lora_utils.py): manual_seed(42) in get_linear_rec_svd,
+    torch.svd_lowrank(W^T [in, out], q=r, niter=10), then RandomLinear: randn(u) and P = randn(u, r, r)."""
+    import torch
+
+    torch.manual_seed(42)
+    torch.svd_lowrank(torch.ones(shape) + torch.eye(*shape), q=r, niter=10)
+    torch.randn(u)
+    return torch.randn(u, r, r).numpy()
+
+
+def test_projection_sharing_modes(hf_tiny_dir):
+    """shared_by_min_dim (default) reproduces which modules share P in the authors' code: equal smaller kernel
+    dimension -> identical P (checked with torch's own RNG on those shapes); per_module draws each one."""
+    cfg, params = load_hf_dir(hf_tiny_dir("llama")[0])
+    shapes = dict(zip(adapters.KERNELS, [(64, 64), (64, 32), (64, 32), (64, 64), (64, 96), (64, 96), (96, 64)]))
+    ref = {n: _authors_p(sh) for n, sh in shapes.items()}
+    ad = adapters.init("tinylora", cfg, params, jax.random.key(3), u=2, n_tie=3)
+    assert ad.spec.projections == "shared_by_min_dim"
+    p = {n: np.asarray(ad.frozen[n]["p"]) for n in adapters.KERNELS}
+    for a in adapters.KERNELS:
+        assert all(np.array_equal(p[a][0], p[a][l]) for l in range(cfg.num_layers))  # same in every layer
+        for b in adapters.KERNELS:
+            same_ref = np.array_equal(ref[a], ref[b])
+            assert same_ref == (min(shapes[a]) == min(shapes[b])), (a, b)  # the authors' sharing pattern
+            assert np.array_equal(p[a][0], p[b][0]) == same_ref, (a, b)
+    per = adapters.init("tinylora", cfg, params, jax.random.key(3), u=2, n_tie=3, projections="per_module")
+    flat = [np.asarray(per.frozen[n]["p"][l]) for n in adapters.KERNELS for l in range(cfg.num_layers)]
+    assert all(not np.array_equal(x, y) for i, x in enumerate(flat) for y in flat[i + 1:])
+    with pytest.raises(ValueError, match="projections"):
+        adapters.init("tinylora", cfg, params, jax.random.key(3), projections="tied")
 
 
 # ------------------------------------------------------------------------------------------------

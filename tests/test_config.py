@@ -138,3 +138,51 @@ def test_tinylora_recipe_has_verls_details():
     assert [[e["i"] for e in next(loader)] for _ in range(4)] == [[0, 1, 2, 3], [4, 5, 6, 7]] * 2
     shuffled = make_loader(examples, 4, seed=0, num_epochs=1)
     assert [e["i"] for e in next(shuffled)] != [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------------------------
+# Values a user can get wrong: one clear ConfigError each (issue 13's probe table)
+# ------------------------------------------------------------------------------------------------
+import pytest as _pytest  # noqa: E402
+
+from tina_jax.config import ConfigError as _CE, load_config as _load  # noqa: E402
+
+
+@_pytest.mark.parametrize("override,match", [
+    ("optim.lr=.inf", "optim.lr: must be a finite number"),
+    ("optim.lr=.nan", "optim.lr: must be a finite number"),
+    ("train.save_every=0", "train.save_every: must be >= 1"),
+    ("train.eval_every=-5", "train.eval_every: must be >= 0"),
+    ("grpo.adv_eps=-1", "grpo.adv_eps: must be >= 0"),
+    ("rewards=[{name: accuracy, weight: .nan}]", "must be a finite number"),
+    ("rewards=[{name: accuracy, params: {flavor: lenient}}]", "did you mean 'flavour'"),
+    ("rewards=[{name: format, params: {x: 1}}]", "takes no parameters"),
+    ("optim.lr=[1", "not valid YAML"),
+])
+def test_bad_values_are_config_errors(override, match):
+    with _pytest.raises(_CE, match=match):
+        _load(None, [override])
+
+
+def test_duplicate_override_is_an_error():
+    with _pytest.raises(_CE, match="given twice"):
+        _load(None, ["optim.lr=1e-5", "optim.lr=2e-5"], strict_overrides=True)
+    assert _load(None, ["optim.lr=1e-5", "optim.lr=2e-5"]).optim.lr == 2e-5  # library use: warned, last wins
+
+
+def test_train_cli_intermixed_flags_and_one_line_errors(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, str(root / "launch" / "train.py"), "--config", str(root / "configs" / "smollm2_arith_cpu.yaml")]
+    r = subprocess.run(cmd + ["train.max_steps=2", "--dry-run", "optim.lr=.inf"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2 and "optim.lr: must be a finite number" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(cmd + ["--dry-run", "--no-memory-plan", f"train.run_dir={tmp_path / 'run'}",
+                              f"data.train={tmp_path / 'missing.jsonl'}"], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "missing.jsonl" in r.stderr

@@ -149,6 +149,11 @@ class Checkpointer:
             create=True,
         )
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        # Orbax removes half-written `<step>.orbax-checkpoint-tmp-*` directories in a background future;
+        # wait for it so a caller never sees (or races with) a stray one.
+        cleanup = getattr(self._mgr, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None and hasattr(cleanup, "result"):
+            cleanup.result()
 
     def _score(self, metrics: Mapping[str, Any] | None) -> float:
         v = _metric_value(metrics, self.best_metric)
@@ -235,6 +240,44 @@ class Checkpointer:
         out = self._mgr.restore(step, args=ocp.args.Composite(**{
             _ARRAYS: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}))
         return out[_ARRAYS], dict(out[_META])
+
+    def restore_latest_intact(self, like: Any, console=print) -> tuple[int, Any, dict] | None:
+        """``(step, arrays, meta)`` of the newest checkpoint that restores; None if there is none.
+
+        A checkpoint that fails to restore (truncated arrays, missing metadata, ...) is moved aside to
+        ``damaged-<step>`` in the same directory (kept for inspection, never deleted) with a message, and the
+        next older one is tried. A mismatch with ``like`` in every checkpoint (a changed model or adapter)
+        raises the last error instead of discarding them all.
+        """
+        import shutil
+
+        steps = self.all_steps()
+        errors = []
+        for step in reversed(steps):
+            try:
+                arrays, meta = self.restore(step, like)
+                if errors:
+                    console(f"resuming from step {step}, the newest intact checkpoint")
+                return step, arrays, meta
+            except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds for damaged files
+                errors.append(e)
+                src = self.directory / str(step)
+                if not src.is_dir():
+                    raise
+                dst = self.directory / f"damaged-{step}"
+                n = 1
+                while dst.exists():
+                    n += 1
+                    dst = self.directory / f"damaged-{step}.{n}"
+                shutil.move(str(src), dst)
+                console(f"checkpoint {step} in {self.directory} is damaged ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); moved it to {dst.name}")
+                self._mgr.reload()
+        if errors and len(errors) == len(steps):
+            raise ValueError(f"no checkpoint in {self.directory} restores (last error: {type(errors[-1]).__name__}: "
+                             f"{str(errors[-1]).splitlines()[0][:300] if str(errors[-1]) else ''}); the damaged ones "
+                             "were moved to damaged-<step>") from errors[-1]
+        return None
 
     # -------------------------------------------------------------------------------- lifecycle
     def wait(self) -> None:

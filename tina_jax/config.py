@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import math
 import types
 import typing
 from pathlib import Path
@@ -44,7 +46,9 @@ class AdapterSection:
     u: int = 1  # TinyLoRA: trainable values per tie group
     n_tie: int = 1  # TinyLoRA: modules sharing one v
     tie_mode: Literal["tiled", "structured"] = "tiled"
-    share_projections: bool = False
+    # TinyLoRA's random P: shared_by_min_dim (the authors' code: reseeding before each module's SVD gives
+    # modules with the same smaller kernel dimension the same P), per_module (the paper's text) or shared
+    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
     seed: int = 0
 
 
@@ -81,6 +85,9 @@ class RolloutSection:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
+    # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
+    adapter_decoding: Literal["merged", "factored"] = "merged"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +171,29 @@ class EvalSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SftSection:
+    """Supervised fine-tuning (``algorithm: sft``, ``tina_jax.rl.sft``): data.train records with
+    ``messages``, ``prompt``/``completion`` or the prompt recipe's field + ``completion``."""
+
+    batch_size: int = 8  # sequences per optimizer step
+    micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: the whole batch)
+    max_length: int = 1024  # tokens per sequence (prompt + completion), and per packed row
+    overlong: Literal["skip", "truncate"] = "skip"  # longer sequences: dropped or cut (counted either way)
+    pack: bool = False  # pack a step's sequences into rows of max_length (same update, fewer pad tokens)
+    completion_field: str = "completion"
+    logprob_chunk: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFromSection:
+    """Start from another run's weights (two-stage pipelines: SFT, then RL). ``run``: a run directory
+    (its checkpoint's full weights, or base + adapter merged); the new run's adapter starts fresh on top."""
+
+    run: str | None = None
+    checkpoint: str = "last"  # last | best | a step number
+
+
+@dataclasses.dataclass(frozen=True)
 class MeshSection:
     shape: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor); one entry may be -1
 
@@ -180,6 +210,9 @@ class RunConfig:
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
     mesh: MeshSection = MeshSection()
+    algorithm: Literal["grpo", "sft"] = "grpo"
+    sft: SftSection = SftSection()
+    init_from: InitFromSection = InitFromSection()
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -253,6 +286,18 @@ def _check_values(c: RunConfig) -> None:
     req(o.schedule_steps is None or o.schedule_steps >= t.max_steps, "optim.schedule_steps",
         f"must be >= train.max_steps ({t.max_steps}) or null")
     req(t.max_steps >= 1, "train.max_steps", f"must be >= 1, got {t.max_steps}")
+    req(t.save_every >= 1, "train.save_every", f"must be >= 1 (save a checkpoint every N steps), got {t.save_every}")
+    req(t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0 = never), got {t.eval_every}")
+    req(t.sample_every >= 0, "train.sample_every", f"must be >= 0 (0 = never), got {t.sample_every}")
+    req(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
+    req(t.eval_samples >= 0, "train.eval_samples", f"must be >= 0, got {t.eval_samples}")
+    req(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
+    req(t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1 or null")
+    req(t.time_limit_minutes is None or t.time_limit_minutes > 0, "train.time_limit_minutes", "must be > 0 or null")
+    req(t.cost_per_device_hour >= 0, "train.cost_per_device_hour", "must be >= 0")
+    req(g.adv_eps >= 0, "grpo.adv_eps", f"must be >= 0, got {g.adv_eps}")
+    req(d.n_eval >= 0, "data.n_eval", f"must be >= 0, got {d.n_eval}")
+    req(d.n_train is None or d.n_train >= 1, "data.n_train", f"must be >= 1 or null, got {d.n_train}")
     req(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     req(a.rank >= 1, "adapter.rank", f"must be >= 1, got {a.rank}")
     req(a.u >= 1, "adapter.u", f"must be >= 1, got {a.u}")
@@ -268,7 +313,22 @@ def _check_values(c: RunConfig) -> None:
             near = difflib.get_close_matches(spec.name, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known rewards: {sorted(known)}"
             raise ConfigError(f"rewards[{i}].name: unknown reward {spec.name!r}{hint}")
+        try:
+            rewards_lib.check_params(spec.name, spec.params)
+        except ValueError as e:
+            raise ConfigError(f"rewards[{i}].params: {e}") from None
+        req(math.isfinite(spec.weight), f"rewards[{i}].weight", f"must be a finite number, got {spec.weight}")
     _check_eval(c.eval)
+    sf = c.sft
+    req(sf.batch_size >= 1, "sft.batch_size", f"must be >= 1, got {sf.batch_size}")
+    req(sf.max_length >= 2, "sft.max_length", f"must be >= 2, got {sf.max_length}")
+    req(sf.logprob_chunk >= 1, "sft.logprob_chunk", "must be >= 1")
+    if sf.micro_batch_size is not None and not sf.pack:
+        req(sf.micro_batch_size >= 1 and sf.batch_size % sf.micro_batch_size == 0, "sft.micro_batch_size",
+            f"{sf.micro_batch_size} must divide sft.batch_size ({sf.batch_size})")
+    ck = c.init_from.checkpoint
+    req(ck in ("last", "best") or ck.isdigit(), "init_from.checkpoint",
+        f"must be last, best or a step number, got {ck!r}")
     if any(m <= 0 for m in c.mesh.shape if m != -1) or list(c.mesh.shape).count(-1) > 1:
         raise ConfigError(f"mesh.shape: entries must be positive (one may be -1), got {c.mesh.shape}")
 
@@ -349,10 +409,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):  # YAML 1.1 reads 1e-6 (no dot) as a string
                 try:
-                    return float(value)
+                    value = float(value)
                 except ValueError:
-                    pass
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+                    raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+            else:
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # .inf / .nan pass YAML but poison a run (an inf lr saved NaN weights)
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -398,20 +461,32 @@ def _to_plain(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in order."""
+def apply_overrides(data: dict, overrides: list[str], strict: bool = False) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in order. A key given twice
+    is an error with ``strict`` (the command line), else a logged warning (the last one wins)."""
     data = _to_plain(data)
+    seen: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
+        if key.strip() in seen:
+            msg = f"override {key.strip()!r} is given twice ({seen[key.strip()]!r} and {item!r})"
+            if strict:
+                raise ConfigError(msg + "; keep one")
+            logging.getLogger("tina_jax.config").warning("%s: the last one wins", msg)
+        seen[key.strip()] = item
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
             if not isinstance(node.setdefault(p, {}), dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
             node = node[p]
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "quote it, e.g. key='value'") from None
     return data
 
 
@@ -422,8 +497,10 @@ def from_dict(data: dict) -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                strict_overrides: bool = False) -> RunConfig:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides
+    (``strict_overrides``: a key given twice is an error, as on the command line)."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -436,7 +513,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     try:
-        return from_dict(apply_overrides(data, overrides or []))
+        return from_dict(apply_overrides(data, overrides or [], strict=strict_overrides))
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
 

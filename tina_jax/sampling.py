@@ -21,8 +21,10 @@ How it runs
    stops when every row has emitted a stop token or ``max_new_tokens`` is reached. Loop state: step,
    tokens, logprobs, done, lengths and the completion cache. The layer loop inside a step is unrolled
    over per-layer weights sliced once before the loop (a temporary copy of the layer weights, with q/k/v
-   and gate/up fused into wider matmuls), so no step copies a stacked weight or cache slice; adapter
-   containers are merged once before the loop.
+   and gate/up fused into wider matmuls), so no step copies a stacked weight or cache slice. Adapter
+   containers are merged once before the loop (``adapter_decoding="merged"``), or kept factored
+   (``"factored"``): every adapted projection computes ``x K + c (x A) B`` inside the step, exactly as the
+   trainer's forward does, so a tiny update is not rounded away by merging it into bf16 weights.
 3. **Token choice** (``choose_tokens``): greedy = argmax; plain temperature sampling draws from the full
    softmax by a two-level inverse CDF (two uniforms per row; no per-vocabulary-entry random numbers, no
    sort); top-k uses ``lax.top_k``; top-p takes the top ``nucleus_cap`` candidates and applies the
@@ -64,7 +66,7 @@ import numpy as np
 
 from tina_jax.models import decoder
 from tina_jax.models.config import ModelConfig, as_dtype
-from tina_jax.models.linear import is_container, materialize
+from tina_jax.models.linear import base_kernel, dense, is_container, materialize
 
 __all__ = [
     "SamplingConfig",
@@ -107,6 +109,8 @@ class SamplingConfig:
       nucleus_cap: candidates examined by top-p before falling back to the exact threshold search.
       pad_token_id: fills the slots after a row's stop token; ``None`` = the tokenizer's pad id (in
         ``generate``), else 0. Masks never depend on it.
+      adapter_decoding: ``"merged"`` (fold low-rank adapters into the kernels once: plain matmuls, the
+        authors' vLLM rollouts) or ``"factored"`` (``x K + c (x A) B`` per step, the trainer's numerics).
     """
 
     max_new_tokens: int
@@ -119,6 +123,7 @@ class SamplingConfig:
     max_prompt_length: int | None = None
     nucleus_cap: int = 256
     pad_token_id: int | None = None
+    adapter_decoding: str = "merged"
 
     def __post_init__(self):
         def is_int(x):
@@ -143,6 +148,8 @@ class SamplingConfig:
             raise ValueError(f"max_prompt_length must be None or an int >= 1, got {self.max_prompt_length!r}")
         if self.cache_dtype is not None:
             as_dtype(self.cache_dtype)
+        if self.adapter_decoding not in ("merged", "factored"):
+            raise ValueError(f"adapter_decoding must be 'merged' or 'factored', got {self.adapter_decoding!r}")
         if self.stop_token_ids is not None:
             raw = self.stop_token_ids
             ids = (int(raw),) if isinstance(raw, (int, np.integer)) else tuple(int(t) for t in raw)
@@ -402,8 +409,13 @@ def _decode_layers(cfg: ModelConfig, layers: Any) -> list[dict]:
         p = jax.tree.map(lambda x, i=i: x[i], layers)
         d = {"attn_norm": p["attn_norm"], "mlp_norm": p["mlp_norm"], "o_proj": p["o_proj"],
              "down_proj": p["down_proj"],
-             "qkv": jnp.concatenate([p["q_proj"], p["k_proj"], p["v_proj"]], axis=-1),
-             "gate_up": jnp.concatenate([p["gate_proj"], p["up_proj"]], axis=-1)}
+             "qkv": jnp.concatenate([base_kernel(p[n]) for n in ("q_proj", "k_proj", "v_proj")], axis=-1),
+             "gate_up": jnp.concatenate([base_kernel(p[n]) for n in ("gate_proj", "up_proj")], axis=-1)}
+        for fused, names in (("qkv", ("q_proj", "k_proj", "v_proj")), ("gate_up", ("gate_proj", "up_proj"))):
+            if any(is_container(p[n]) for n in names):  # factored decoding: the adapters' x A B terms
+                d[fused + "_adapters"] = tuple(
+                    (p[n].replace(base=None) if is_container(p[n]) else None, base_kernel(p[n]).shape[-1])
+                    for n in names)
         if cfg.qkv_bias:
             d["qkv_bias"] = jnp.concatenate([p["q_bias"], p["k_bias"], p["v_bias"]], axis=-1)
         if cfg.qk_norm:
@@ -412,13 +424,25 @@ def _decode_layers(cfg: ModelConfig, layers: Any) -> list[dict]:
     return out
 
 
+def _fused_dense(x: jax.Array, p: dict, name: str, dt) -> jax.Array:
+    """``x @ p[name]`` for a fused kernel, plus each part's adapter correction when decoding factored:
+    per column block ``x K_j + c_j (x A_j) B_j``, the same operations as ``linear.dense``."""
+    y = x @ p[name].astype(dt)
+    parts = p.get(name + "_adapters")
+    if parts is None:
+        return y
+    corr = [c.correction(x, dt).astype(y.dtype) if c is not None else jnp.zeros(x.shape[:-1] + (w,), y.dtype)
+            for c, w in parts]
+    return y + jnp.concatenate(corr, axis=-1)
+
+
 def _decode_block(cfg: ModelConfig, p: dict, h: jax.Array, positions: jax.Array, attend) -> tuple:
     """``decoder._block`` for decoding with the fused kernels of ``_decode_layers`` (same numerics:
     every output column is the same dot product). h [R, 1, D]; ``attend(q, k, v) -> (out, extra)``."""
     dt = as_dtype(cfg.compute_dtype)
     r, t, _ = h.shape
     eps = cfg.rms_norm_eps
-    qkv = decoder.rms_norm(h, p["attn_norm"], eps) @ p["qkv"].astype(dt)
+    qkv = _fused_dense(decoder.rms_norm(h, p["attn_norm"], eps), p, "qkv", dt)
     if cfg.qkv_bias:
         qkv = qkv + p["qkv_bias"].astype(dt)
     q, k, v = jnp.split(qkv, [cfg.q_dim, cfg.q_dim + cfg.kv_dim], axis=-1)
@@ -429,10 +453,10 @@ def _decode_block(cfg: ModelConfig, p: dict, h: jax.Array, positions: jax.Array,
         q, k = decoder.rms_norm(q, p["q_norm"], eps), decoder.rms_norm(k, p["k_norm"], eps)
     q, k = decoder.rope(q, positions, cfg.rope_theta), decoder.rope(k, positions, cfg.rope_theta)
     attn, extra = attend(q, k, v)
-    h = h + attn.reshape(r, t, cfg.q_dim) @ p["o_proj"].astype(dt)
-    gu = decoder.rms_norm(h, p["mlp_norm"], eps) @ p["gate_up"].astype(dt)
+    h = h + dense(attn.reshape(r, t, cfg.q_dim), p["o_proj"], dt)
+    gu = _fused_dense(decoder.rms_norm(h, p["mlp_norm"], eps), p, "gate_up", dt)
     f = cfg.intermediate_size
-    h = h + (jax.nn.silu(gu[..., :f]) * gu[..., f:]) @ p["down_proj"].astype(dt)
+    h = h + dense(jax.nn.silu(gu[..., :f]) * gu[..., f:], p["down_proj"], dt)
     return h, extra
 
 
@@ -482,7 +506,8 @@ def sample_tokens(config: ModelConfig, params: Any, prompt_ids: jax.Array, promp
 
     Args:
       config: the model config (static).
-      params: parameter pytree (adapter containers are merged once, before decoding).
+      params: parameter pytree (adapter containers merged once before decoding, or kept factored:
+        ``sampling.adapter_decoding``).
       prompt_ids: int32[B, P], left-padded (pad values are ignored): the last column must be a real
         token of every row (``pad_prompts`` builds such a batch).
       prompt_mask: {0,1}/bool[B, P], 1 = real token (derived from lengths); each row needs at least one.
@@ -496,7 +521,8 @@ def sample_tokens(config: ModelConfig, params: Any, prompt_ids: jax.Array, promp
     if prompt_ids.ndim != 2 or prompt_mask.shape != prompt_ids.shape:
         raise ValueError(f"prompt_ids and prompt_mask must both be [B, P]; got {prompt_ids.shape} and "
                          f"{prompt_mask.shape}")
-    params = _merge_containers(params)
+    if sampling.adapter_decoding == "merged":
+        params = _merge_containers(params)
     b, p = prompt_ids.shape
     g, n = sampling.num_samples, sampling.max_new_tokens
     r = b * g

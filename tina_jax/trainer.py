@@ -45,33 +45,51 @@ class TrainingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 # ------------------------------------------------------------------------------------------------
+def load_split(cfg: RunConfig, source: str, split: str | None, n: int | None):
+    """Raw records of one split (synthetic sources draw train and eval disjointly with data.seed)."""
+    from tina_jax.data import pipeline
+
+    d = cfg.data
+    kw: dict[str, Any] = {}
+    if source.startswith("synthetic:"):
+        kw = {"n": n, "seed": d.seed}
+        if split in (None, "train"):
+            kw["n_eval"] = d.n_eval if d.eval == source else 0
+        else:
+            kw["n_train"] = d.n_train or 0
+    records = pipeline.load_records(source, split, **kw)
+    if n is not None and not source.startswith("synthetic:"):
+        records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
+    return records
+
+
+def _prompt_options(cfg: RunConfig) -> dict:
+    d = cfg.data
+    return dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
+                max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
+
+
+def build_eval_data(cfg: RunConfig, tokenizer) -> tuple[list, dict | None]:
+    """(held-out examples of data.eval, report), prompts rendered as for training rollouts."""
+    from tina_jax.data import pipeline
+
+    d = cfg.data
+    if not d.eval:
+        return [], None
+    eval_ex, eval_rep = pipeline.prepare_examples(load_split(cfg, d.eval, d.eval_split, d.n_eval), tokenizer,
+                                                  **_prompt_options(cfg))
+    return eval_ex[:d.n_eval], eval_rep
+
+
 def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
     """(train examples, eval examples, report) with prompts rendered by the tokenizer's chat template."""
     from tina_jax.data import pipeline
 
     d = cfg.data
-
-    def load(source, split, n):
-        kw: dict[str, Any] = {}
-        if source.startswith("synthetic:"):
-            kw = {"n": n, "seed": d.seed}
-            if split in (None, "train"):
-                kw["n_eval"] = d.n_eval if d.eval == source else 0
-            else:
-                kw["n_train"] = d.n_train or 0
-        records = pipeline.load_records(source, split, **kw)
-        if n is not None and not source.startswith("synthetic:"):
-            records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
-        return records
-
     n_train = d.n_train if d.n_train is not None else (5000 if d.train.startswith("synthetic:") else None)
-    common = dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
-                  max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
-    train_ex, train_rep = pipeline.prepare_examples(load(d.train, d.train_split, n_train), tokenizer, **common)
-    eval_ex, eval_rep = [], None
-    if d.eval:
-        eval_ex, eval_rep = pipeline.prepare_examples(load(d.eval, d.eval_split, d.n_eval), tokenizer, **common)
-        eval_ex = eval_ex[:d.n_eval]
+    train_ex, train_rep = pipeline.prepare_examples(load_split(cfg, d.train, d.train_split, n_train), tokenizer,
+                                                    **_prompt_options(cfg))
+    eval_ex, eval_rep = build_eval_data(cfg, tokenizer)
     return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
 
 
@@ -122,7 +140,7 @@ def build_adapter(cfg: RunConfig, model_cfg, params):
     if a.kind == "lora":
         hp["dropout"] = a.dropout
     if a.kind == "tinylora":
-        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, share_projections=a.share_projections)
+        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, projections=a.projections)
     return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
 
 
@@ -210,7 +228,11 @@ class _Stop:
     signal: int | None = None
 
     def __call__(self, signum, frame):
-        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting", signum)
+        if self.signal is not None:  # a second Ctrl-C / TERM: the user does not want to wait for the step
+            raise KeyboardInterrupt(f"second signal {signum}: stopped at once without saving this step; the "
+                                    "last checkpoint is kept, rerun the same command to resume from it")
+        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting "
+                    "(send it again to stop at once)", signum)
         self.signal = signum
 
 
@@ -260,6 +282,7 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
             if step not in steps:
                 raise TrainingError(f"{run_dir}: no checkpoint at step {step}; saved steps: {steps}")
         model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
+        model = apply_init_from(cfg, model, console)
         adapter = build_adapter(cfg, model.config, model.params)
         state = init_state(model.config, model.params, optim.build_optimizer(cfg.optim, cfg.train.max_steps),
                            jax.random.key(cfg.train.seed), adapter=adapter)
@@ -271,18 +294,89 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
     return model, policy_params(state), info
 
 
-def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
-    """Run (or resume) GRPO training as configured; returns the final summary dict."""
+def apply_init_from(cfg: RunConfig, model, console: Callable[[str], None] = print):
+    """``model`` with the weights of the run named by ``init_from.run`` (its checkpoint's full weights, or its
+    base with its adapter merged): stage 2 of a two-stage pipeline starts where stage 1 ended. The new run's
+    adapter, if any, is built fresh on top of these weights."""
+    if cfg.init_from.run is None:
+        return model
+    from tina_jax.models.linear import materialize_tree
+
+    ck = cfg.init_from.checkpoint
+    src_model, params, info = load_run_policy(cfg.init_from.run, int(ck) if ck.isdigit() else ck, console)
+    params = materialize_tree(params)
+    def shapes(tree):
+        return jax.tree_util.tree_flatten_with_path(jax.tree.map(lambda x: tuple(x.shape), tree),
+                                                    is_leaf=lambda x: isinstance(x, tuple))[0]
+
+    if shapes(params) != shapes(model.params):
+        raise TrainingError(f"init_from.run {cfg.init_from.run} trained {info['source']}, whose parameters do not "
+                            f"match model.source {cfg.model.source}; use the same base model in both stages")
+    params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding), params, model.params)
+    console(f"init_from: weights of {info['run']} at step {info['checkpoint']} ({info['adapter']} merged)")
+    return dataclasses.replace(model, params=params)
+
+
+def check_context(cfg: RunConfig, mcfg) -> None:
+    """Prompts plus completions must fit the model's context (the model config is known only once loaded)."""
+    need = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if need > mcfg.max_position_embeddings:
+        raise TrainingError(
+            f"data.max_prompt_length ({cfg.data.max_prompt_length}) + rollout.max_new_tokens "
+            f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
+            f"tokens ({cfg.model.source}); lower one of them")
+
+
+def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
+    """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
+    from tina_jax import evaluation
+
+    e, t0 = cfg.eval, time.time()
+    if jax.process_count() > 1:
+        console(f"step {step}: eval benchmarks skipped: the harness runs in one process; evaluate the "
+                f"checkpoint with launch/eval.py --run {run_dir}")
+        return {}
+    res = evaluation.evaluate(
+        model, list(e.benchmarks), e.protocol, params=params, samples=e.samples, seeds=e.seeds,
+        limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+        out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
+        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
+    m = evaluation.flat_metrics(res)
+    m["time/bench_eval_s"] = time.time() - t0
+    key = f"avg@{res['settings']['samples']}"
+    console(f"step {step}: {e.protocol} " + ", ".join(
+        f"{b} {v['metrics'][key]['mean']:.3f}" for b, v in res["benchmarks"].items())
+        + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
+    return m
+
+
+def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print,
+          overwrite: bool = False) -> dict:
+    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary.
+
+    The run directory is claimed first (``tina_jax.run_dir``): a second live trainer, a fresh start over
+    another run's checkpoints (unless ``overwrite``) and a resume under a changed config are refused."""
+    from tina_jax.run_dir import open_run_dir
+
+    guard = open_run_dir(cfg, resume=resume, overwrite=overwrite, primary=distributed.is_primary())
+    try:
+        if cfg.algorithm == "sft":
+            from tina_jax.sft_trainer import train_sft
+
+            return train_sft(cfg, resume=resume, console=console)
+        return _train_grpo(cfg, resume, console)
+    finally:
+        guard.release()
+
+
+def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) -> dict:
     from tina_jax import checkpoint, runlog, sampling as smp
     from tina_jax.models import load_model
 
     t_start = time.time()
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     primary = distributed.is_primary()  # only process 0 writes logs, plots and samples
-    if primary:
-        config_lib.dump_config(cfg, run_dir / "config.yaml")
-    else:
+    if not primary:
         console = lambda *a, **k: None  # noqa: E731
 
     mesh = sharding.make_mesh(cfg.mesh.shape)
@@ -292,7 +386,9 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
                        mesh=mesh if multi else None, remat=cfg.model.remat)
+    model = apply_init_from(cfg, model, console)
     mcfg, tok = model.config, model.tokenizer
+    check_context(cfg, mcfg)
     if tok is None:
         raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
     console(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
@@ -333,9 +429,9 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                                    best_metric=f"eval/greedy_accuracy")
     writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
     start = 0
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        arrays, meta = ckpt.restore(latest, like=_checkpoint_arrays(state))
+    found = ckpt.restore_latest_intact(_checkpoint_arrays(state), console) if resume else None
+    if found is not None:
+        _, arrays, meta = found
         state = _restore_state(state, arrays)
         loader.set_state(meta["loader"])
         start = int(meta["step"])
@@ -347,7 +443,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     r = cfg.rollout
     sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
-                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length)
+                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length,
+                                  adapter_decoding=r.adapter_decoding)
     sample_root = jax.random.key(cfg.train.seed + 1)
     eval_root = jax.random.key(cfg.train.seed + 2)
 
@@ -363,25 +460,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     def run_bench_eval(step: int) -> dict:
         """The eval section's benchmarks on the current weights (``tina_jax.evaluation``)."""
-        from tina_jax import evaluation
-
-        e, t0 = cfg.eval, time.time()
-        if jax.process_count() > 1:
-            console(f"step {step}: eval benchmarks skipped: the harness runs in one process; evaluate the "
-                    f"checkpoint with launch/eval.py --run {run_dir}")
-            return {}
-        res = evaluation.evaluate(
-            model, list(e.benchmarks), e.protocol, params=policy_params(state), samples=e.samples, seeds=e.seeds,
-            limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-            out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
-            model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
-        m = evaluation.flat_metrics(res)
-        m["time/bench_eval_s"] = time.time() - t0
-        key = f"avg@{res['settings']['samples']}"
-        console(f"step {step}: {e.protocol} " + ", ".join(
-            f"{b} {v['metrics'][key]['mean']:.3f}" for b, v in res["benchmarks"].items())
-            + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
-        return m
+        return bench_eval(cfg, model, policy_params(state), run_dir, step, console)
 
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -432,10 +511,12 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                     state, m = step_fn(state, place(mb))
                     ms.append(m)
             m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
-            if not math.isfinite(m["loss"]):
+            if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
+                # raised before the save below: a non-finite update never reaches a checkpoint
                 raise TrainingError(
-                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); lower optim.lr, "
-                    f"check the rewards (mean {rewards.mean():.3f}), or set optim.max_grad_norm")
+                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); nothing of this step was "
+                    f"saved (the last checkpoint is intact); lower optim.lr, check the rewards (mean "
+                    f"{rewards.mean():.3f}), or set optim.max_grad_norm")
             step += 1
             dt = time.time() - t0
             tokens = int(lens.sum())
@@ -532,15 +613,38 @@ def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
     return steps
 
 
-def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
+def _remote_source(source: str) -> bool:
+    """True for a hub dataset id (skipped offline by the dry run); False for synthetic tasks and anything that
+    names a local file (an existing path, a data-file suffix, or an absolute/relative path)."""
+    if source.startswith("synthetic:") or Path(source).exists():
+        return False
+    if Path(source).suffix in (".jsonl", ".json", ".parquet", ".csv", ".arrow"):
+        return False
+    return not source.startswith(("/", "./", "../", "~"))
+
+
+def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan: bool = True) -> dict:
     """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
     prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
+    if cfg.algorithm == "sft":
+        from tina_jax.sft_trainer import dry_run_sft
+
+        return dry_run_sft(cfg, console)
     from tina_jax.models import decoder, load_config
     from tina_jax.rl.grpo import grpo_step
 
     report: dict[str, Any] = {"config": "ok"}
     mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
                        compute_dtype=cfg.model.compute_dtype or cfg.model.dtype or "bfloat16", remat=cfg.model.remat)
+    check_context(cfg, mcfg)
+    try:
+        mesh = sharding.make_mesh(cfg.mesh.shape)  # fails here as in the real run: too few devices, ...
+    except ValueError as e:
+        n = int(np.prod([m for m in cfg.mesh.shape if m > 0]))
+        raise ValueError(f"{e} (to dry-run a larger mesh on a CPU, start the process with "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={n})") from None
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
     console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
             f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
 
@@ -568,8 +672,9 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
             console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
             report["data_steps"] = _report_data_steps(cfg, build_loader(cfg, train_ex), console)
         except Exception as e:
-            if "synthetic:" in cfg.data.train or Path(cfg.data.train).exists():
-                raise
+            if not _remote_source(cfg.data.train) or (cfg.data.eval and not _remote_source(cfg.data.eval)
+                                                      and not Path(cfg.data.eval).exists()):
+                raise  # a local file (present, or missing) fails here exactly as the real run would
             report["data"] = f"{cfg.data.train} not reachable offline ({type(e).__name__}): not checked"
             console(f"data: {report['data']}")
     else:
@@ -668,5 +773,12 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     report["mesh"] = mesh_shape
     report["memory_bytes"] = est
     report["grpo_step_metrics"] = sorted(metrics)
+    if memory_plan:  # XLA's own per-device figures for the compiled programs (tina_jax.memory_plan)
+        from tina_jax.memory_plan import format_plan, memory_plan as plan_fn
+
+        plan = plan_fn(cfg, mcfg=mcfg)
+        report["memory_plan"] = plan
+        console(format_plan(plan) + f" (this process's {plan['devices']} device(s); bench/memory_plan.py plans "
+                "other device counts)")
     console("dry run OK: config, shapes and the GRPO step trace without the weights")
     return report

@@ -9,7 +9,7 @@ An ``Adapter`` holds three things:
 - ``frozen``: constants derived at init (never optimised; recomputable from the base + seed)
     lora:     {}
     lora_xs:  {name: {"us": [L, in, r], "vt": [L, r, out]}}
-    tinylora: {name: {"us", "vt", "p": [L, u, r, r]}}  or, with share_projections, {"p": [u, r, r], name: {...}}
+    tinylora: {name: {"us", "vt", "p": [L, u, r, r]}}  or, with projections="shared", {"p": [u, r, r], name: {...}}
 - ``spec``: static ``AdapterSpec`` (kind, targets, shapes, hyper-parameters, tie layout).
 
 ``apply(params, adapter)`` replaces each targeted kernel ``params["layers"][name]`` [L, in, out] by a
@@ -54,7 +54,7 @@ class AdapterSpec:
 
     targets: kernel names in decoder order; shapes: (in, out) per target; r: rank; alpha: the LoRA
     alpha (scale = alpha / r, or alpha / sqrt(r) with use_rslora); dropout: LoRA input dropout
-    (training only); u, n_tie, tie_mode, share_projections: TinyLoRA (see ``svd.py``).
+    (training only); u, n_tie, tie_mode, projections: TinyLoRA (see ``svd.py``).
     """
 
     kind: str
@@ -68,7 +68,7 @@ class AdapterSpec:
     u: int = 1
     n_tie: int = 1
     tie_mode: str = "tiled"
-    share_projections: bool = False
+    projections: str = "shared_by_min_dim"
 
     @property
     def scale(self) -> float:
@@ -161,7 +161,9 @@ def make_spec(kind: str, config: ModelConfig, target_modules: str | Sequence[str
             raise ValueError(f"TinyLoRA n_tie (modules sharing one v) must be an integer >= 1, got {n_tie!r}")
         if mode not in _svd.TIE_MODES:
             raise ValueError(f"unknown tie_mode {mode!r}; use one of {_svd.TIE_MODES}")
-        kw.update(u=u, n_tie=n_tie, tie_mode=mode, share_projections=bool(hp["share_projections"]))
+        if hp["projections"] not in _svd.PROJECTIONS:
+            raise ValueError(f"unknown TinyLoRA projections {hp['projections']!r}; use one of {_svd.PROJECTIONS}")
+        kw.update(u=u, n_tie=n_tie, tie_mode=mode, projections=hp["projections"])
     init_std = float(hp.get("init_std", 0.0))
     if init_std < 0:
         raise ValueError(f"init_std must be >= 0, got {init_std}")
@@ -207,7 +209,8 @@ def init(kind: str, config: ModelConfig, params: Any, rng: jax.Array,
     kind "lora": r=32, alpha=128, dropout=0.05, use_rslora=False (Tina). A Kaiming-uniform, B zeros.
     kind "lora_xs": r=64, alpha=None (= r, scale 1), use_rslora=False, init_std=1e-5 (R ~ N(0, init_std^2)).
     kind "tinylora": r=2, alpha=32, u=1, n_tie=1, tie_mode="tiled" | "structured",
-        share_projections=False, use_rslora=False, init_std=1e-5 (v ~ N(0, init_std^2), P ~ N(0, 1)).
+        projections="shared_by_min_dim" | "per_module" | "shared", use_rslora=False, init_std=1e-5
+        (v ~ N(0, init_std^2), P ~ N(0, 1)).
     The SVD kinds compute a truncated fp32 SVD of every targeted kernel, one layer at a time. Works
     under ``jax.eval_shape`` on ``param_shapes(config)`` (shape-only: no allocation, no SVD).
     """
@@ -226,12 +229,16 @@ def init(kind: str, config: ModelConfig, params: Any, rng: jax.Array,
         frozen[name] = {"us": us, "vt": vt}
         if kind == "lora_xs":
             trainable[name] = {"core": opts["init_std"] * jax.random.normal(k_a, (L, r, r), jnp.float32)}
-        elif not spec.share_projections:
+        elif spec.projections == "per_module":
             frozen[name]["p"] = jax.random.normal(k_p, (L, spec.u, r, r), jnp.float32)
+        elif spec.projections == "shared_by_min_dim":  # one draw per smaller kernel dimension (svd.py)
+            k_dim = jax.random.fold_in(jax.random.fold_in(rng, 0x7A11), min(din, dout))
+            p = jax.random.normal(k_dim, (spec.u, r, r), jnp.float32)
+            frozen[name]["p"] = jnp.broadcast_to(p, (L, spec.u, r, r))
     if kind == "tinylora":
         k_v, k_p = jax.random.split(keys[-1])
         trainable["v"] = opts["init_std"] * jax.random.normal(k_v, (spec.num_groups, spec.u), jnp.float32)
-        if spec.share_projections:
+        if spec.projections == "shared":
             frozen["p"] = jax.random.normal(k_p, (spec.u, r, r), jnp.float32)
     return Adapter(trainable=trainable, frozen=frozen, spec=spec)
 
@@ -244,7 +251,7 @@ def cores(adapter: Adapter) -> dict[str, jax.Array]:
     if spec.kind == "tinylora":
         out = {}
         for name, index in zip(spec.targets, spec.tie_index):
-            p = fr["p"] if spec.share_projections else fr[name]["p"]
+            p = fr["p"] if spec.projections == "shared" else fr[name]["p"]
             out[name] = _svd.tinylora_core(tr["v"], p, index)
         return out
     raise ValueError(f"adapter kind {spec.kind!r} has no r x r cores")
@@ -322,7 +329,7 @@ def summary(adapter: Adapter) -> str:
         head += f" dropout={spec.dropout:g} rslora={spec.use_rslora}"
     if spec.kind == "tinylora":
         head += (f" u={spec.u} n_tie={spec.n_tie} tie_mode={spec.tie_mode} "
-                 f"share_projections={spec.share_projections} groups={spec.num_groups}")
+                 f"projections={spec.projections} groups={spec.num_groups}")
     lines = [head, f"{'module':<10} {'base [L, in, out]':<22} {'trainable':<28} frozen"]
     fmt = lambda x: "x".join(map(str, x.shape))  # noqa: E731
     for name, (din, dout) in zip(spec.targets, spec.shapes):
@@ -333,7 +340,7 @@ def summary(adapter: Adapter) -> str:
         lines.append(f"{name:<10} {f'[{L}, {din}, {dout}]':<22} {tr_s:<28} {fr_s}")
     if spec.kind == "tinylora":
         lines.append(f"shared: v {fmt(adapter.trainable['v'])}"
-                     + (f", p {fmt(adapter.frozen['p'])}" if spec.share_projections else ""))
+                     + (f", p {fmt(adapter.frozen['p'])}" if spec.projections == "shared" else ""))
     n = num_trainable(adapter)
     tb = sum(_nbytes(x) for x in jax.tree.leaves(adapter.trainable))
     fb = sum(_nbytes(x) for x in jax.tree.leaves(adapter.frozen))

@@ -15,9 +15,17 @@ The update is dK = scale * us @ R @ vt with scale = alpha / r and an r x r core 
   * ``structured``: for each module type, consecutive chunks of ``n_tie`` layers share one v.
     #groups = M * ceil(L / n_tie).
 
-  In the authors' code only v is tied: every module keeps its own ``random_weight`` P (drawn with a
-  separate ``torch.randn``), which is our default ``share_projections=False``. With
-  ``share_projections=True`` one P [u, r, r] serves every module, so tied modules get identical cores.
+  Projections P (``projections``):
+
+  * ``shared_by_min_dim`` (default; what the authors' code computes): ``get_linear_rec_svd`` calls
+    ``torch.manual_seed(42)`` before every module's ``torch.svd_lowrank``, which draws
+    ``min(in, out) x r`` normals, and the module's ``RandomLinear`` then draws P from that state. Modules
+    whose kernels have the same smaller dimension therefore get the *same* P (on Qwen2.5-7B: q, o, gate,
+    up, down share one, k and v another), in every layer. Here: one P per distinct ``min(in, out)``.
+  * ``per_module``: an independent P for every module and layer, as the paper's text describes.
+  * ``shared``: one P [u, r, r] for every module.
+
+  v is tied separately (``n_tie``, ``tie_mode``); tied modules with equal P get identical cores.
 
 Orientation: the core acts as ``x @ us @ R @ vt`` in training, sampling, merging and export alike.
 """
@@ -32,7 +40,8 @@ import jax.numpy as jnp
 from tina_jax.models.linear import SvdCore
 
 LORA_XS_DEFAULTS = dict(r=64, alpha=None, use_rslora=False, init_std=1e-5)  # alpha None -> alpha = r
-TINYLORA_DEFAULTS = dict(r=2, alpha=32.0, u=1, n_tie=1, tie_mode="tiled", share_projections=False,
+PROJECTIONS = ("shared_by_min_dim", "per_module", "shared")
+TINYLORA_DEFAULTS = dict(r=2, alpha=32.0, u=1, n_tie=1, tie_mode="tiled", projections="shared_by_min_dim",
                          use_rslora=False, init_std=1e-5)
 TIE_MODES = ("tiled", "structured")
 

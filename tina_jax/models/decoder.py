@@ -48,6 +48,15 @@ def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0)
 
 
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """int32[B, T] positions restarting at 0 at the first token of each segment (run of equal ids)."""
+    t = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+
+
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotary embedding (HF's rotate-half layout). x [B, T, H, hd], positions int[B, T]."""
     hd = x.shape[-1]
@@ -134,21 +143,32 @@ def hidden_states(
     attention_mask: jax.Array | None = None,
     positions: jax.Array | None = None,
     return_layers: bool = False,
+    segment_ids: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Final-norm hidden states [B, T, D] (compute dtype) for a left-padded batch, no cache.
 
     input_ids int[B, T]; attention_mask {0,1}[B, T] (1 = real token; default all ones);
     positions int[B, T] (default: derived from the mask). With ``return_layers`` also returns the
     residual stream after every layer, [L, B, T, D] (for per-layer parity tests).
+    ``segment_ids`` int[B, T] (packed rows; replaces ``attention_mask``): 0 = padding, k >= 1 = the k-th
+    sequence of the row; a token attends only within its own segment and positions restart at each
+    segment (``positions_from_segments``), so a packed row computes what its sequences would alone.
     """
     b, t = input_ids.shape
-    if attention_mask is None:
-        attention_mask = jnp.ones((b, t), jnp.int32)
-    valid = attention_mask.astype(bool)
-    if positions is None:
-        positions = positions_from_mask(attention_mask)
-    causal = jnp.tril(jnp.ones((t, t), bool))
-    mask = causal[None] & valid[:, None, :]  # [B, T(query), T(key)]
+    if segment_ids is not None:
+        valid = segment_ids != 0
+        if positions is None:
+            positions = positions_from_segments(segment_ids)
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None] & same & valid[:, None, :]
+    else:
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        valid = attention_mask.astype(bool)
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        mask = causal[None] & valid[:, None, :]  # [B, T(query), T(key)]
 
     def layer(h, p):
         h, _ = _block(cfg, p, h, positions, lambda q, k, v: (attention(q, k, v, mask), None))

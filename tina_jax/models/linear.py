@@ -40,6 +40,11 @@ class LowRank:
     def dense(self, x: jax.Array, dtype) -> jax.Array:
         """x [..., in] -> [..., out] in ``dtype``; one layer's container (no leading axes on the leaves)."""
         y = x @ self.base.astype(dtype)
+        return y + self.correction(x, dtype).astype(y.dtype)
+
+    def correction(self, x: jax.Array, dtype) -> jax.Array:
+        """The adapter's term of ``dense``: ``scale * (drop(x) @ a) @ b``, matmuls in ``dtype`` (``base``
+        unused); ``dense`` adds it, cast to the base product's dtype."""
         xa = x
         if self.dropout_key is not None and self.dropout_rate > 0.0:
             if self.dropout_rate >= 1.0:
@@ -47,7 +52,7 @@ class LowRank:
             keep = jax.random.bernoulli(self.dropout_key, 1.0 - self.dropout_rate, x.shape)
             xa = jnp.where(keep, x / (1.0 - self.dropout_rate), jnp.zeros_like(x)).astype(x.dtype)
         z = (xa @ self.a.astype(dtype)) @ self.b.astype(dtype)
-        return y + (self.scale * z).astype(y.dtype)
+        return self.scale * z
 
     def delta(self) -> jax.Array:
         """The fp32 update scale * a @ b, [..., in, out] (materialises a full-size array)."""
@@ -75,8 +80,12 @@ class SvdCore:
 
     def dense(self, x: jax.Array, dtype) -> jax.Array:
         y = x @ self.base.astype(dtype)
+        return y + self.correction(x, dtype).astype(y.dtype)
+
+    def correction(self, x: jax.Array, dtype) -> jax.Array:
+        """The adapter's term of ``dense``: ``scale * ((x @ us) @ core) @ vt``, matmuls in ``dtype``."""
         z = ((x @ self.us.astype(dtype)) @ self.core.astype(dtype)) @ self.vt.astype(dtype)
-        return y + (self.scale * z).astype(y.dtype)
+        return self.scale * z
 
     def delta(self) -> jax.Array:
         """The fp32 update scale * us @ core @ vt, [..., in, out]."""
@@ -92,6 +101,11 @@ def dense(x: jax.Array, w: Any, dtype) -> jax.Array:
     if hasattr(w, "dense"):
         return w.dense(x, dtype)
     return x @ w.astype(dtype)
+
+
+def base_kernel(w: Any) -> jax.Array:
+    """The frozen kernel under a container, or ``w`` itself."""
+    return w.base if is_container(w) else w
 
 
 def is_container(w: Any) -> bool:

@@ -179,8 +179,12 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     if single.is_file():
         from safetensors import safe_open
 
-        with safe_open(single, "np") as f:
-            return {name: single for name in f.keys()}
+        try:
+            with safe_open(single, "np") as f:
+                return {name: single for name in f.keys()}
+        except Exception as e:  # safetensors' own error names neither the file nor what to do
+            raise CheckpointError(f"{single} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
+                                  "not safetensors: download or export it again") from None
     raise CheckpointError(
         f"no weights in {path}: expected model.safetensors or model.safetensors.index.json "
         "(PyTorch .bin checkpoints are not supported; re-save with safe_serialization=True)")
@@ -217,8 +221,16 @@ def load_hf_dir(
         if f not in handles:
             if not f.is_file():
                 raise CheckpointError(f"{f} is listed in the index for {name!r} but does not exist")
-            handles[f] = safe_open(f, "np")
-        return handles[f].get_tensor(name)
+            try:
+                handles[f] = safe_open(f, "np")
+            except Exception as e:
+                raise CheckpointError(f"{f} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
+                                      "not safetensors: download or export it again") from None
+        try:
+            return handles[f].get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({type(e).__name__}: {e}); the file is "
+                                  "truncated or damaged: download or export it again") from None
 
     params: dict[str, Any] = {"layers": {}}
     used: set[str] = set()

@@ -33,6 +33,7 @@ Answer checks (accuracy, cosine, length) run in worker processes with a per-item
 from __future__ import annotations
 
 # Not `import math`: importing the submodule tina_jax.rewards.math rebinds the name `math` here.
+from collections.abc import Mapping
 from math import isfinite, isnan
 from typing import Any, Callable, Sequence
 
@@ -74,6 +75,7 @@ __all__ = [
     "accuracy_reward",
     "answer_verdicts",
     "check_answer",
+    "check_params",
     "combine",
     "cosine_reward",
     "cosine_value",
@@ -129,6 +131,26 @@ def get_reward(name: str, **params: Any) -> RewardFn:
         return _FACTORIES[name](**params)
     except TypeError as e:
         raise ValueError(f"bad parameters for reward {name!r}: {e}") from e
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """Raise ValueError if ``params`` holds a name reward ``name`` does not take (nearest name suggested).
+    Runs at config time, before any model is loaded; values are checked when the reward is built."""
+    import difflib
+    import inspect
+
+    if name in _PLAIN:
+        if params:
+            raise ValueError(f"reward {name!r} takes no parameters, got {sorted(params)}")
+        return
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(REWARD_NAMES)}")
+    valid = [p for p in inspect.signature(_FACTORIES[name]).parameters if p not in ("pool",)]
+    for key in params:
+        if key not in valid:
+            near = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"reward {name!r} has no parameter {key!r}; "
+                             + (f"did you mean {near[0]!r}? " if near else "") + f"valid: {', '.join(valid)}")
 
 
 def build(specs: Sequence[Any], tokenizer: Any = None,

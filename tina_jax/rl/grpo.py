@@ -287,20 +287,26 @@ def make_grpo_step(config: GrpoConfig, mesh: jax.sharding.Mesh | None = None, st
     With ``mesh``, pass an example ``state`` (arrays or ShapeDtypeStructs): its parameters and optimizer
     state are sharded by name (``tina_jax.sharding``), batch rows over data x fsdp, metrics replicated.
     """
-    fn = lambda s, b: grpo_step(s, b, config)  # noqa: E731
+    return jit_step(lambda s, b: grpo_step(s, b, config), config.micro_batch_size, mesh, state, donate)
+
+
+def jit_step(fn, micro_batch_size: int | None, mesh: jax.sharding.Mesh | None = None,
+             state: TrainState | None = None, donate: bool = True):
+    """Jit a ``(state, batch) -> (state, metrics)`` update (``grpo_step``, ``sft_step``); with ``mesh``, the
+    state sharded by name, batch rows over data x fsdp (one jit per batch shape), metrics replicated."""
     if mesh is None:
         return jax.jit(fn, donate_argnums=(0,) if donate else ())
     from tina_jax import sharding as shd
 
     if state is None:
-        raise ValueError("make_grpo_step(mesh=...) needs an example state to derive its shardings")
+        raise ValueError("a step with mesh=... needs an example state to derive its shardings")
     state_sh = shd.tree_shardings(state, mesh)
     n = mesh.shape["data"] * mesh.shape["fsdp"]
 
     def batch_sh(batch):
         for k, v in batch.items():
             shd.check_batch_divides(v.shape[0], mesh, f"batch[{k!r}]")
-            mbs = config.micro_batch_size or v.shape[0]
+            mbs = micro_batch_size or v.shape[0]
             if mbs % n:
                 raise ValueError(f"micro_batch_size {mbs} must be divisible by data x fsdp = {n}")
         return {k: shd.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
