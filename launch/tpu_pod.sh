@@ -77,6 +77,9 @@ for stage in "${STAGES[@]}"; do
       run gcloud compute tpus tpu-vm create "$TPU_NAME" --zone="$ZONE" "${PROJECT_FLAG[@]}" \
         --accelerator-type="$ACCELERATOR" --version="$RUNTIME" "${SPOT_FLAG[@]}" ;;
     install)
+      if [[ "$REPO" == *OWNER* ]] && ((!DRY)); then
+        echo "tpu_pod.sh: set REPO to the git URL of this repository (workers clone it)" >&2; exit 2
+      fi
       on_all_workers "set -e; (test -d tina_jax || git clone --branch $BRANCH $REPO tina_jax); cd tina_jax; git pull --ff-only; pip install -U 'jax[tpu]' -e ." ;;
     train)
       on_all_workers "cd tina_jax &&$train_cmd" ;;
