@@ -143,6 +143,7 @@ def test_plan_batches_respects_the_budget_and_covers_every_problem():
         assert len(b) == 1 or len(b) * 4 * (prompt_bucket(max(lengths[i] for i in b)) + 128) <= 32 * 200
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat)
+    assert [len(b) for b in evaluation.plan_batches([5] * 100, 1, 16, 64, 1 << 20)] == [64, 32, 4]
 
 
 # ------------------------------------------------------------------------------------------------
