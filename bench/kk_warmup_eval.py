@@ -51,7 +51,8 @@ def main() -> None:
     task = cfg.data.train.split(":", 1)[1]
     sizes, _ = kk.parse_source(task)
     _, held = kk.synthetic_splits(task, cfg.data.n_train or 0, a.n * len(sizes), cfg.data.seed)
-    ex, _ = pipeline.prepare_examples(held, tok, cfg.data.prompt_recipe, required_fields=("solution_text_format",),
+    ex, _ = pipeline.prepare_examples(held, tok, cfg.data.prompt_recipe, field_map=cfg.data.field_map or None,
+                                      required_fields=("solution_text_format",),
                                       max_prompt_length=cfg.data.max_prompt_length, keep_fields=("num_people",))
     _, is_correct = trainer.correctness_fn(cfg)
     s = smp.SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, num_samples=1,
