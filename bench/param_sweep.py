@@ -50,15 +50,15 @@ RECIPE = ["grpo.prompts_per_step=4", "rollout.num_generations=8", "rollout.tempe
 # modules = 210 modules with u=1: n_tie=210 -> 1 group, 17 -> 13 groups, 2 -> 105 groups. Rates: --lr-probe.
 SWEEP: dict[str, tuple[list[str], float]] = {
     "tinylora_1": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
-                    "adapter.n_tie=210"], 2e-3),
+                    "adapter.n_tie=210"], 2.0e-3),
     "tinylora_13": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
-                     "adapter.n_tie=17"], 2e-3),
+                     "adapter.n_tie=17"], 1.9e-3),
     "tinylora_105": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
-                      "adapter.n_tie=2"], 1e-3),
-    "lora_xs_r8": (["adapter.kind=lora_xs", "adapter.rank=8", "adapter.alpha=8"], 1e-3),
-    "lora_r1": (["adapter.kind=lora", "adapter.rank=1", "adapter.alpha=4"], 3e-4),
+                      "adapter.n_tie=2"], 1.8e-3),
+    "lora_xs_r8": (["adapter.kind=lora_xs", "adapter.rank=8", "adapter.alpha=8"], 2.6e-3),
+    "lora_r1": (["adapter.kind=lora", "adapter.rank=1", "adapter.alpha=4"], 3.2e-3),
     "lora_r32": (["adapter.kind=lora", "adapter.rank=32", "adapter.alpha=128"], 1e-4),
-    "full": (["adapter.kind=none"], 1e-5),
+    "full": (["adapter.kind=none"], 1.6e-5),
 }
 REFERENCE = "lora_r32"
 
@@ -226,6 +226,18 @@ def write_outputs(results: dict, md: Path, png: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # Learning-rate probe
 # ------------------------------------------------------------------------------------------------
+def matched_rate(kls: dict[float, float], target: float) -> float:
+    """The rate whose KL is ``target``, by log-log interpolation of (rate, KL) points (slope 2 from one point)."""
+    pts = sorted((math.log(lr), math.log(kl)) for lr, kl in kls.items() if kl > 0)
+    if len(pts) == 1:
+        return math.exp(pts[0][0] + (math.log(target) - pts[0][1]) / 2)
+    t = math.log(target)
+    i = min(range(len(pts) - 1), key=lambda i: 0 if pts[i][1] <= t <= pts[i + 1][1] else
+            min(abs(t - pts[i][1]), abs(t - pts[i + 1][1])))
+    (x0, y0), (x1, y1) = pts[i], pts[i + 1]
+    return math.exp(x0 + (t - y0) * (x1 - x0) / (y1 - y0))
+
+
 def lr_probe(args) -> dict:
     import jax
     import jax.numpy as jnp
@@ -280,10 +292,10 @@ def lr_probe(args) -> dict:
             print(f"{name:14s} lr {lr:9.2e}: one-update KL(old||new) per token {k3:.3e}", flush=True)
     ref = out.get(REFERENCE, {}).get(SWEEP[REFERENCE][1])
     if ref:
-        print(f"reference ({REFERENCE} at {SWEEP[REFERENCE][1]:g}): {ref:.3e}; rate giving the same KL, "
-              "from each measurement by KL ~ lr^2:")
+        print(f"reference ({REFERENCE} at {SWEEP[REFERENCE][1]:g}): KL {ref:.3e}; the rate giving the same KL "
+              "(log-log interpolation between the two nearest rates tried):")
         for name, kls in out.items():
-            print(f"  {name:14s} " + ", ".join(f"{lr * math.sqrt(ref / kl):.2e}" for lr, kl in kls.items() if kl > 0))
+            print(f"  {name:14s} {matched_rate(kls, ref):.2e}")
     return out
 
 
