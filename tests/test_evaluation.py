@@ -268,7 +268,7 @@ def test_training_run_logs_benchmark_eval_and_its_checkpoint_evaluates_the_same(
         "adapter.rank=4", "optim.lr=0.05", "train.plot=false", "train.tensorboard=false",
         "rewards=[{name: cosine, weight: 1.0, params: {max_len: 100}}]",
         "eval.benchmarks=[gsm8k, amc23]", "eval.protocol=greedy", "eval.limit=2", "eval.every=2",
-        "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16"])
+        "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16", "data.max_prompt_length=128"])
     summary = trainer.train(cfg, console=lambda s: None)
     rows = read_metrics(run / "metrics.jsonl")
     evals = {r["step"]: r for r in rows if "eval/gsm8k/avg@1" in r}
