@@ -101,3 +101,16 @@ def test_solver_and_wording_agree_with_the_shipped_kk_test_sets():
                     assert kk.format_statement(s, r["names"]) in r["quiz"]
                 n_checked += 1
     assert n_checked == 500
+
+
+def test_synthetic_kk_source_gives_traced_train_and_new_held_out_puzzles():
+    from tina_jax.data import pipeline
+
+    train = pipeline.load_records("synthetic:kk2-3:compact", "train", n=41, n_eval=10, seed=0)
+    held = pipeline.load_records("synthetic:kk2-3:compact", "test", n=10, n_train=41, seed=0)
+    assert [r["num_people"] for r in train].count(2) == 21 and [r["num_people"] for r in held].count(3) == 5
+    assert all(r["completion"] == kk.reasoning_trace(r, compact=True) for r in train + held)
+    assert not {r["statements"] for r in held} & {r["statements"] for r in train}
+    assert pipeline.load_records("synthetic:kk4", "train", n=3, seed=1) == kk.synthetic_splits("kk4", 3, 0, 1)[0]
+    with pytest.raises(ValueError, match="people"):
+        pipeline.load_records("synthetic:kk1-9", "train", n=3)

@@ -54,9 +54,9 @@ def test_prompt_tokens_carry_no_loss_on_a_real_chat_template(tok):
         prepare_sft_examples(records[3:4], tok)
 
 
-def _sft_overrides(model_dir, run_dir, steps=5) -> list[str]:
+def _sft_overrides(model_dir, run_dir, steps=5, eval_every=3) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", f"train.max_steps={steps}",
-            "train.save_every=1", "train.eval_every=3", "data.n_eval=2", "data.n_train=40", "rollout.max_new_tokens=8",
+            "train.save_every=1", f"train.eval_every={eval_every}", "data.n_eval=2", "data.n_train=40", "rollout.max_new_tokens=8",
             "sft.batch_size=4", "sft.micro_batch_size=2", "optim.lr=1e-3", "train.plot=false",
             "train.tensorboard=false", "train.time_limit_minutes=null"]
 
@@ -108,8 +108,8 @@ def test_init_from_restores_the_weights_stage_one_saved(tiny_chat_model_dir, tmp
     from tina_jax.models.linear import materialize_tree
 
     stage1 = tmp_path / "stage1"
-    cfg1 = config_lib.load_config(SFT_CFG, _sft_overrides(tiny_chat_model_dir, stage1, steps=2)
-                                  + ["train.eval_every=0", f"adapter.kind={kind}", "adapter.rank=4"])
+    cfg1 = config_lib.load_config(SFT_CFG, _sft_overrides(tiny_chat_model_dir, stage1, steps=2, eval_every=0)
+                                  + [f"adapter.kind={kind}", "adapter.rank=4"])
     trainer.train(cfg1, console=lambda s: None)
     base = load_model(str(tiny_chat_model_dir))
     # What stage 1 saved, read back independently of init_from.

@@ -536,8 +536,10 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
                 metrics["reward/accuracy"] = float(np.mean(distributed.score_split(
                     lambda texts, **f: is_correct(list(texts), **f), len(examples), r.num_generations,
                     texts=texts, **fields)))
+            # End-of-run hook: step == last_step is the last step of the run (train.max_steps, or the end of
+            # the data); the final held-out evaluation runs there, and its metrics go into the final checkpoint.
             if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
-                metrics.update(run_eval(step))  # the final evaluation runs here at step == last_step
+                metrics.update(run_eval(step))
             if cfg.eval.benchmarks and cfg.eval.every and step % cfg.eval.every == 0:
                 metrics.update(run_bench_eval(step))
             writer.write(step, metrics)
@@ -688,7 +690,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
             report["data_steps_upper_bound"] = steps
             console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
                     f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
-                    f"{cfg.train.max_steps}" + (" EXCEEDS it: the run would end early" if steps < cfg.train.max_steps
+                    f"{cfg.train.max_steps}" + (": fewer, the run would end with the data" if steps < cfg.train.max_steps
                                                 else ""))
     build_rewards(cfg, tok)  # reward names and parameters resolve
     if cfg.eval.benchmarks:  # benchmark files present; prompts render and fit the context

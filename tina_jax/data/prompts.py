@@ -120,6 +120,30 @@ KK_SYSTEM = (
     "within <answer> </answer> tags. i.e., <answer> (1) Zoey is a knight\n(2) ... </answer>."
 )
 
+# "Warm up before you train" prompts, verbatim [safal312/warmup-before-you-train train/dataset_loader.py
+# load_math SYSTEM and load_kk SYSTEM_PROMPT, after str.format]: plain text for a base model (TRL applies no
+# chat template to string prompts), the assistant's "<think>" pre-filled.
+WARMUP_MATH_PROMPT = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
+    "assistant first thinks about the reasoning process in mind and then provides the user with the answer. The "
+    "reasoning process and answer are enclosed within <think> </think> and <answer> </answer> tags, "
+    "respectively, i.e., <think> reasoning process here </think> <answer> final answer inside \\boxed{} tag "
+    "</answer>. User: You must put your answer inside <answer> </answer> tags, i.e., <answer> answer here "
+    "</answer>. And your final answer will be extracted automatically by the \\boxed{} tag.\n    {problem}\n"
+    "    Assistant: <think>"
+)
+WARMUP_KK_PROMPT = (
+    "\n    A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
+    "    The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer.\n    The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively.\n    i.e., <think> reasoning process here </think> <answer> answer here </answer>.\n"
+    "    User: Please solve this logical reasoning problem. After thinking, when you finally reach a conclusion, "
+    "clearly state the identity of each character within <answer> </answer> tags i.e., <answer> (1) Zoey is a "
+    "knight\n(2) ... </answer>. Here is my question,\n    \n    {quiz}\n    Assistant: <think>\n    "
+)
+# Renders the messages' contents as they are (no roles, no special tokens): a raw-text prompt.
+RAW_TEMPLATE = "{%- for message in messages -%}{{- message['content'] -}}{%- endfor -%}"
+
 RECIPES: dict[str, PromptRecipe] = {
     r.name: r
     for r in [
@@ -148,6 +172,8 @@ RECIPES: dict[str, PromptRecipe] = {
         # stored in their parquet files, including the pre-filled "<think>" of the assistant turn.
         # Completions then start *after* "<think>": a format reward must account for it.
         PromptRecipe("kk_logic_rl", KK_SYSTEM + "\n", "{quiz}\n", "quiz", assistant_prefix="<think>"),
+        PromptRecipe("warmup_math", None, WARMUP_MATH_PROMPT, "problem", chat_template=RAW_TEMPLATE),
+        PromptRecipe("warmup_kk", None, WARMUP_KK_PROMPT, "quiz", chat_template=RAW_TEMPLATE),
     ]
 }
 

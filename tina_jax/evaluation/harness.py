@@ -8,8 +8,8 @@ How it runs
    template (``samples.jsonl`` keeps the rendered text exactly as tokenised).
 2. Problems are sorted by prompt length and cut into batches under a budget: ``rows = problems x n <=
    max_rows`` and ``rows x (prompt bucket + max_new_tokens) <= batch_tokens``; the number of problems in
-   a batch is a power of two and a short last batch is padded with repeats (discarded) to the next power of
-   two, so few programs compile. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
+   a batch is a power of two (the tail is cut into smaller powers of two, e.g. 100 = 64 + 32 + 4), so few
+   programs compile and no row is padding. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
 3. Seed s of batch b samples with ``fold_in(fold_in(key(seed + s), crc32(benchmark)), b)``: the same
    arguments give the same batches and the same tokens.
 4. ``samples.jsonl`` (one line per problem, sample and seed) is appended batch by batch and is the
@@ -53,7 +53,7 @@ def plan_batches(prompt_lengths: Sequence[int], n: int, max_new_tokens: int, max
                  batch_tokens: int, prompt_limit: int | None = None) -> list[list[int]]:
     """Problem indices per batch: sorted by prompt length, at most ``max_rows`` rows (problems x n) and
     ``batch_tokens`` row-tokens (rows x (prompt bucket + max_new_tokens)) per batch, the problem count a
-    power of two (the last batch may hold fewer; the caller pads it to a power of two)."""
+    power of two (the tail is cut into smaller powers of two, so no batch needs padding rows)."""
     from tina_jax.sampling import prompt_bucket
 
     order = sorted(range(len(prompt_lengths)), key=lambda i: (prompt_lengths[i], i))
@@ -63,6 +63,8 @@ def plan_batches(prompt_lengths: Sequence[int], n: int, max_new_tokens: int, max
     batches, pos = [], 0
     while pos < len(order):
         b = start_b
+        while b > len(order) - pos:  # the tail in power-of-two pieces: no padding rows
+            b //= 2
         while b > 1:
             last = order[min(pos + b, len(order)) - 1]
             p = prompt_bucket(prompt_lengths[last], prompt_limit)

@@ -61,6 +61,13 @@ _QWEN25_1_5B = {
     "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768,
     "bos_token_id": 151643, "eos_token_id": 151645,
 }
+_QWEN25_3B = {  # the base model (not -Instruct): Qwen/Qwen2.5-3B config.json
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936,
+    "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36,
+    "num_attention_heads": 16, "num_key_value_heads": 2, "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "max_position_embeddings": 32768,
+    "bos_token_id": 151643, "eos_token_id": 151643,
+}
 _SMOLLM2_135M = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
     "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -77,6 +84,7 @@ REGISTRY: dict[str, RegistryEntry] = {
         hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", hf_config=_QWEN_1_5B_DISTILL),
     "qwen2.5-1.5b-instruct": RegistryEntry(hub_id="Qwen/Qwen2.5-1.5B-Instruct", hf_config=_QWEN25_1_5B),
     "qwen2.5-7b-instruct": RegistryEntry(hub_id="Qwen/Qwen2.5-7B-Instruct", hf_config=_QWEN25_7B),
+    "qwen2.5-3b": RegistryEntry(hub_id="Qwen/Qwen2.5-3B", hf_config=_QWEN25_3B),
 }
 
 
