@@ -2,8 +2,9 @@
 
 Both processes run ``launch/train.py --coordinator 127.0.0.1:PORT --num-processes 2 --process-id I`` on a
 tiny random chat model. Oracle: the same recipe in one process with 8 devices. Checked: every per-step
-metric and the trained parameters (<= 1e-5) on meshes (8,1,1) and (2,4,1), and that killing both
-processes mid-run (SIGKILL) and starting them again resumes to the same metrics and parameters.
+metric (the final benchmark evaluation's too) and the trained parameters (<= 1e-5) on meshes (8,1,1) and
+(2,4,1), and that killing both processes mid-run (SIGKILL) and starting them again resumes to the same
+metrics and parameters.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ def _overrides(model_dir: Path, run_dir: Path, mesh: str) -> list[str]:
             "rollout.num_generations=4", "grpo.prompts_per_step=8", "rollout.max_new_tokens=12", "adapter.rank=8",
             # eps=1: Adam's update stays nearly linear in the gradient (with eps=1e-8 its first steps are
             # g/|g|, which turns rounding-level differences of near-zero gradients into O(lr) ones)
-            "optim.lr=0.05", "optim.eps=1.0", "train.plot=false", "train.tensorboard=false", f"mesh.shape={mesh}",
+            "optim.lr=0.05", "optim.eps=1.0", "train.plot=false",
+            # the eval harness at the end: generation over all devices, grading split over processes
+            "eval.benchmarks=[gsm8k]", "eval.limit=4", "eval.max_new_tokens=8", "train.tensorboard=false", f"mesh.shape={mesh}",
             # random text has varied character lengths, so cosine rewards differ: parameters move
             "rewards=[{name: cosine, weight: 1.0, params: {max_len: 300}}, {name: accuracy, weight: 1.0}]"]
 
@@ -152,8 +155,10 @@ def test_two_processes_train_as_one_and_resume_after_kill(peaked_chat_model_dir,
     dp_dir = tmp_path / "dp"
     _finish(_start_pair(_overrides(peaked_chat_model_dir, dp_dir, "[8,1,1]"), cache))
     _assert_same(dp_dir, want, want_params)
-    # Only process 0 writes the run's logs.
-    assert (dp_dir / "summary.json").is_file() and len(_rows(dp_dir)) == STEPS
+    # Only process 0 writes the run's logs; the final benchmark evaluation ran and was logged.
+    assert (dp_dir / "summary.json").is_file() and sum("loss" in r for r in _rows(dp_dir)) == STEPS
+    assert (dp_dir / "eval" / f"step_{STEPS}" / "results.json").is_file()
+    assert "eval/gsm8k/avg@1" in want[STEPS], sorted(want[STEPS])
 
     # Mesh (2,4,1): fsdp inside each process, data across them; both processes are killed mid-run.
     run_dir = tmp_path / "fsdp"
@@ -173,3 +178,31 @@ def test_two_processes_train_as_one_and_resume_after_kill(peaked_chat_model_dir,
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
     assert "resumed from" in outs[0] and "resumed from" not in outs[1]  # process 1 prints nothing
     _assert_same(run_dir, want, want_params)
+
+
+def test_two_processes_run_sft_as_one(peaked_chat_model_dir, tmp_path):
+    """The SFT stage (``algorithm: sft``, full-parameter) on 2 processes x 4 devices, mesh (2,4,1) with the
+    weights sharded inside each process, gives the metrics and weights of 1 process x 8 devices."""
+    cache = tmp_path / "xla_cache"
+    cfg = str(ROOT / "configs" / "smollm2_kk_sft_cpu.yaml")
+
+    def overrides(run_dir: Path, mesh: str) -> list[str]:
+        return ["--config", cfg, f"model.source={peaked_chat_model_dir}", f"train.run_dir={run_dir}",
+                f"train.max_steps={STEPS}", "train.save_every=1", "train.eval_every=0", "data.n_train=40",
+                "data.n_eval=2", "sft.batch_size=8", "sft.micro_batch_size=8", "rollout.max_new_tokens=8",
+                "optim.lr=1e-3", "optim.eps=1.0", "train.plot=false", "train.tensorboard=false",
+                "train.time_limit_minutes=null", f"mesh.shape={mesh}"]
+
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref = subprocess.Popen([sys.executable, str(TRAIN), *overrides(ref_dir, "[8,1,1]")], env=_env(8, cache),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _finish([ref])
+    want = _metrics(ref_dir)
+    assert sorted(want) == list(range(1, STEPS + 1)) and want[1]["grad_norm"] > 0
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, str(TRAIN), *overrides(run_dir, "[2,4,1]"), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=_env(4, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    _finish(procs)
+    _assert_same(run_dir, want, _trained(ref_dir))

@@ -11,8 +11,12 @@ One training run is one SPMD program over every device of every process. What ea
 - The expensive host work, reward scoring, is split: process ``p`` scores whole prompt groups
   ``rows_of(n_groups)`` (a group of G completions never spans processes) and ``gather_rows`` assembles
   the scores on every process, so every process then computes identical metrics and advantages.
+- Evaluation is split the same way: generation over all devices, grading of each process's share of the
+  rows (``score_split``, ``gather_json``), results written by the primary process.
 - Only the primary process (index 0) writes logs, TensorBoard, plots and samples; every process takes
   part in Orbax saves and restores.
+- Weights: with a mesh, ``load_model`` reads each device's block straight from the safetensors slices,
+  so a process reads only what its own devices hold.
 With one process every function here is the identity, so single-process code paths do not change.
 """
 from __future__ import annotations
@@ -186,3 +190,27 @@ def put(tree: Any, shardings: Any) -> Any:
         return place(np.asarray(x), sh)
 
     return jax.tree.map(one, tree, shardings)
+
+
+def gather_json(obj: Any) -> list:
+    """Every process's JSON-serialisable ``obj``, in process order, on every process (``[obj]`` alone)."""
+    if jax.process_count() == 1:
+        return [obj]
+    import json
+
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.asarray([len(data)], np.int64)).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:len(data)] = data
+    parts = multihost_utils.process_allgather(buf)
+    return [json.loads(bytes(p[:int(n)]).decode()) for p, n in zip(parts, sizes)]
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches ``barrier(name)`` (no-op in one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

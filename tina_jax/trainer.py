@@ -332,15 +332,15 @@ def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console:
     from tina_jax import evaluation
 
     e, t0 = cfg.eval, time.time()
+    mesh = None  # several processes: generate over the params' mesh (tina_jax.distributed)
     if jax.process_count() > 1:
-        console(f"step {step}: eval benchmarks skipped: the harness runs in one process; evaluate the "
-                f"checkpoint with launch/eval.py --run {run_dir}")
-        return {}
+        mesh = next(x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x, jax.Array))
     res = evaluation.evaluate(
         model, list(e.benchmarks), e.protocol, params=params, samples=e.samples, seeds=e.seeds,
         limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
         out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
-        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
+        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"},
+        mesh=mesh)
     m = evaluation.flat_metrics(res)
     m["time/bench_eval_s"] = time.time() - t0
     key = f"avg@{res['settings']['samples']}"

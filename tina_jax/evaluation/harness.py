@@ -203,14 +203,20 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
              out_dir: str | os.PathLike | None = None, model_info: dict | None = None, max_rows: int = 64,
              batch_tokens: int = 1 << 20, seed: int = 0, data_dir: str | os.PathLike | None = None,
              cache_dtype: str | None = None, timeout: float = 10.0, overwrite: bool = False,
-             progress: bool = True, console: Callable[[str], None] = print) -> dict:
+             progress: bool = True, console: Callable[[str], None] = print, mesh=None) -> dict:
     """Evaluate ``model`` (``load_model``'s result; ``params`` replaces its weights, e.g. with an adapter
     applied) on ``benchmarks`` under ``protocol``; returns the results dict (also written to ``out_dir``).
 
     ``samples``, ``seeds``, ``max_new_tokens``, ``temperature`` and ``top_p`` override the protocol's
     defaults. ``limit`` keeps the first N problems of each benchmark. ``out_dir=None`` keeps everything in
     memory (no resume). See the module docstring for batching, seeding and the resume cache.
+
+    ``mesh``: the device mesh of sharded ``params``. In a multi-process run every process calls
+    ``evaluate`` alike: the generation is one program over all devices, each process grades its share of
+    the rows, and only process 0 writes ``out_dir``.
     """
+    from tina_jax import distributed
+
     import jax
     from tina_jax.sampling import SamplingConfig, default_stop_token_ids, generate
 
@@ -247,10 +253,16 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
 
     out = Path(out_dir) if out_dir is not None else None
     cache: dict[tuple, dict] = {}
+    primary = distributed.is_primary()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_fingerprint(out, _fingerprint(model_info, proto, max_rows, batch_tokens, seed), overwrite)
-        cache = _read_cache(out / "samples.jsonl")
+        if primary:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_fingerprint(out, _fingerprint(model_info, proto, max_rows, batch_tokens, seed), overwrite)
+            cache = _read_cache(out / "samples.jsonl")  # drops (and rewrites away) a torn last line
+        distributed.barrier(f"eval-open:{out}")
+        if not primary:
+            cache = _read_cache(out / "samples.jsonl")
+        distributed.barrier(f"eval-cache-read:{out}")  # every process plans the same work
 
     rendered = []
     for name in benchmarks:
@@ -291,13 +303,13 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
         bar = tqdm(total=total_rows, unit="completion", desc=f"eval {proto.name}", dynamic_ncols=True)
     t0 = time.time()
     gen_s, gen_tokens, work_slots, used_slots = 0.0, 0, 0, 0
-    fh = open(out / "samples.jsonl", "a", encoding="utf-8") if out is not None else None
+    fh = open(out / "samples.jsonl", "a", encoding="utf-8") if out is not None and primary else None
     try:
         for rb, s, bi, idx, width in work:
             padded = list(idx) + [idx[-1]] * (width - len(idx)) if len(idx) < width else list(idx)
             tg = time.time()
             gen = generate(model, [rb.prompt_ids[i] for i in padded], sampling,
-                           _batch_key(seed + s, rb.name, bi), params=params)
+                           _batch_key(seed + s, rb.name, bi), params=params, mesh=mesh)
             lengths = np.asarray(gen.lengths)
             truncated = np.asarray(gen.truncated)
             gen_s += time.time() - tg
@@ -307,8 +319,12 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
             rows = [(i, j, r) for k, i in enumerate(idx) for j, r in [(j, k * n + j) for j in range(n)]]
             texts = [gen.texts[r] for _, _, r in rows]
             golds = [rb.problems[i].gold for i, _, _ in rows]
-            correct, extracted, _ = checkers.grade(rb.checker, texts, golds, [rb.gold_kind] * len(rows),
-                                                   timeout=timeout, prefix=rb.prefix)
+            lo, hi = distributed.rows_of(len(rows))  # each process grades its share of the rows
+            part = checkers.grade(rb.checker, texts[lo:hi], golds[lo:hi], [rb.gold_kind] * (hi - lo),
+                                  timeout=timeout, prefix=rb.prefix)
+            parts = distributed.gather_json([[int(c) for c in part[0]], list(part[1])])
+            correct = [c for p in parts for c in p[0]]
+            extracted = [e for p in parts for e in p[1]]
             lines = []
             for (i, j, r), c, e in zip(rows, correct, extracted):
                 p = rb.problems[i]
@@ -340,7 +356,7 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
                       "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else None,
                       "idle_row_frac": 1 - used_slots / work_slots if work_slots else None,
                       "device": _device(), "git_commit": _git_commit()}
-    if out is not None:
+    if out is not None and primary:
         _write_reports(out, results)
     return results
 
