@@ -166,7 +166,8 @@ def test_bad_values_are_config_errors(override, match):
 
 def test_duplicate_override_is_an_error():
     with _pytest.raises(_CE, match="given twice"):
-        _load(None, ["optim.lr=1e-5", "optim.lr=2e-5"])
+        _load(None, ["optim.lr=1e-5", "optim.lr=2e-5"], strict_overrides=True)
+    assert _load(None, ["optim.lr=1e-5", "optim.lr=2e-5"]).optim.lr == 2e-5  # library use: warned, last wins
 
 
 def test_train_cli_intermixed_flags_and_one_line_errors(tmp_path):

@@ -392,3 +392,31 @@ def test_load_shipped_gsm8k(tmp_path, tok):
         first[0]["question"] + ' Let\'s think step by step and output the final answer after "####".<|im_end|>\n'
         "<|im_start|>assistant\n"
     )
+
+
+def test_bad_local_files_name_the_file_and_line(tmp_path):
+    from tina_jax.data import pipeline
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"problem": "1+1", "solution": "2"}\n{"problem": "2+2", "solution": \n')
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        pipeline.load_records(str(bad))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(ValueError, match="empty.jsonl has no records"):
+        pipeline.load_records(str(empty))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipeline.load_records(str(tmp_path / "missing.jsonl"))
+
+
+def test_numeric_solution_becomes_a_gold_every_checker_reads(tok, tmp_path):
+    from tina_jax import rewards
+    from tina_jax.data import pipeline
+
+    f = tmp_path / "num.jsonl"
+    f.write_text('{"problem": "What is 40 + 2?", "solution": 42}\n{"problem": "Half of 5?", "solution": 2.5}\n')
+    ex, rep = pipeline.prepare_examples(pipeline.load_records(str(f)), tok, "plain")
+    # (datasets reads the mixed int/float column as floats: 42 arrives as 42.0)
+    assert [e["solution"] for e in ex] == ["\\boxed{42.0}", "\\boxed{2.5}"] and rep["numeric_solution_converted"] == 2
+    acc = rewards.get_reward("accuracy", flavour="open_r1")
+    assert acc(["The answer is $\\boxed{42}$.", "$\\boxed{2.5}$"], solution=[e["solution"] for e in ex]) == [1.0, 1.0]

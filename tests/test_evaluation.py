@@ -143,6 +143,7 @@ def test_plan_batches_respects_the_budget_and_covers_every_problem():
         assert len(b) == 1 or len(b) * 4 * (prompt_bucket(max(lengths[i] for i in b)) + 128) <= 32 * 200
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(flat)
+    assert [len(b) for b in evaluation.plan_batches([5] * 100, 1, 16, 64, 1 << 20)] == [64, 32, 4]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,7 +268,7 @@ def test_training_run_logs_benchmark_eval_and_its_checkpoint_evaluates_the_same(
         "adapter.rank=4", "optim.lr=0.05", "train.plot=false", "train.tensorboard=false",
         "rewards=[{name: cosine, weight: 1.0, params: {max_len: 100}}]",
         "eval.benchmarks=[gsm8k, amc23]", "eval.protocol=greedy", "eval.limit=2", "eval.every=2",
-        "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16"])
+        "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16", "data.max_prompt_length=128"])
     summary = trainer.train(cfg, console=lambda s: None)
     rows = read_metrics(run / "metrics.jsonl")
     evals = {r["step"]: r for r in rows if "eval/gsm8k/avg@1" in r}

@@ -142,6 +142,16 @@ def test_missing_config_json(hf_tiny_dir, tmp_path):
         load_hf_dir(d)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.999])
+def test_truncated_safetensors_named(hf_tiny_dir, tmp_path, keep):
+    d = _copy(hf_tiny_dir("llama")[0], tmp_path)
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated"):
+        load_hf_dir(d)
+
+
 def test_missing_tensor_named(hf_tiny_dir, tmp_path):
     from safetensors.numpy import load_file, save_file
 

@@ -112,9 +112,10 @@ def test_run_ends_cleanly_when_the_data_runs_out(tiny_chat_model_dir, tmp_path):
     run ends at step 2 with a checkpoint, a final evaluation and summary.json (exit 0); a rerun resumes
     there and ends at once; the dry run reports the 2 steps."""
     run_dir = tmp_path / "run"
-    args = _overrides(tiny_chat_model_dir, run_dir) + [
-        "data.n_train=5", "data.num_epochs=1", "train.eval_every=10", "train.save_every=10", "data.n_eval=2",
-        "train.eval_samples=0", "rewards=[{name: accuracy, weight: 1.0, params: {flavour: lenient}}]"]
+    extra = ["data.n_train=5", "data.num_epochs=1", "train.eval_every=10", "train.save_every=10", "data.n_eval=2",
+             "train.eval_samples=0", "rewards=[{name: accuracy, weight: 1.0, params: {flavour: lenient}}]"]
+    replaced = {e.split("=", 1)[0] for e in extra}  # an override may be given once only
+    args = [o for o in _overrides(tiny_chat_model_dir, run_dir) if o.split("=", 1)[0] not in replaced] + extra
     p = _start(args)
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]

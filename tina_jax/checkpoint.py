@@ -241,6 +241,44 @@ class Checkpointer:
             _ARRAYS: ocp.args.StandardRestore(target), _META: ocp.args.JsonRestore()}))
         return out[_ARRAYS], dict(out[_META])
 
+    def restore_latest_intact(self, like: Any, console=print) -> tuple[int, Any, dict] | None:
+        """``(step, arrays, meta)`` of the newest checkpoint that restores; None if there is none.
+
+        A checkpoint that fails to restore (truncated arrays, missing metadata, ...) is moved aside to
+        ``damaged-<step>`` in the same directory (kept for inspection, never deleted) with a message, and the
+        next older one is tried. A mismatch with ``like`` in every checkpoint (a changed model or adapter)
+        raises the last error instead of discarding them all.
+        """
+        import shutil
+
+        steps = self.all_steps()
+        errors = []
+        for step in reversed(steps):
+            try:
+                arrays, meta = self.restore(step, like)
+                if errors:
+                    console(f"resuming from step {step}, the newest intact checkpoint")
+                return step, arrays, meta
+            except Exception as e:  # noqa: BLE001 - Orbax/tensorstore raise many kinds for damaged files
+                errors.append(e)
+                src = self.directory / str(step)
+                if not src.is_dir():
+                    raise
+                dst = self.directory / f"damaged-{step}"
+                n = 1
+                while dst.exists():
+                    n += 1
+                    dst = self.directory / f"damaged-{step}.{n}"
+                shutil.move(str(src), dst)
+                console(f"checkpoint {step} in {self.directory} is damaged ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); moved it to {dst.name}")
+                self._mgr.reload()
+        if errors and len(errors) == len(steps):
+            raise ValueError(f"no checkpoint in {self.directory} restores (last error: {type(errors[-1]).__name__}: "
+                             f"{str(errors[-1]).splitlines()[0][:300] if str(errors[-1]) else ''}); the damaged ones "
+                             "were moved to damaged-<step>") from errors[-1]
+        return None
+
     # -------------------------------------------------------------------------------- lifecycle
     def wait(self) -> None:
         """Block until pending (async) saves are committed and old checkpoints are deleted."""

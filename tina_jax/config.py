@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import types
 import typing
@@ -460,8 +461,9 @@ def _to_plain(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------------------
 # Public API
 # ------------------------------------------------------------------------------------------------
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in order."""
+def apply_overrides(data: dict, overrides: list[str], strict: bool = False) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in order. A key given twice
+    is an error with ``strict`` (the command line), else a logged warning (the last one wins)."""
     data = _to_plain(data)
     seen: dict[str, str] = {}
     for item in overrides:
@@ -469,8 +471,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.subkey=value")
         key, raw = item.split("=", 1)
         if key.strip() in seen:
-            raise ConfigError(f"override {key.strip()!r} is given twice ({seen[key.strip()]!r} and {item!r}); "
-                              "keep one")
+            msg = f"override {key.strip()!r} is given twice ({seen[key.strip()]!r} and {item!r})"
+            if strict:
+                raise ConfigError(msg + "; keep one")
+            logging.getLogger("tina_jax.config").warning("%s: the last one wins", msg)
         seen[key.strip()] = item
         parts = key.strip().split(".")
         node = data
@@ -493,8 +497,10 @@ def from_dict(data: dict) -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                strict_overrides: bool = False) -> RunConfig:
+    """Read a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides
+    (``strict_overrides``: a key given twice is an error, as on the command line)."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -507,7 +513,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
     try:
-        return from_dict(apply_overrides(data, overrides or []))
+        return from_dict(apply_overrides(data, overrides or [], strict=strict_overrides))
     except ConfigError as e:
         raise ConfigError(f"{path or 'config'}: {e}") from None
 

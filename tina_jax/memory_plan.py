@@ -88,6 +88,11 @@ def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
     batch = {"prompt_ids": i32(mb_rows, p_len), "prompt_mask": i32(mb_rows, p_len),
              "completion_ids": i32(mb_rows, n_new), "completion_mask": i32(mb_rows, n_new),
              "advantages": f32(mb_rows), "sampler_logprobs": f32(mb_rows, n_new)}
+    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    for what, size in (("rollout mini-batch", mb_rows), ("grpo.micro_batch_size", g.micro_batch_size or mb_rows)):
+        if size % n_batch:  # the same refusal as make_grpo_step: no plan for a run that cannot start
+            raise ValueError(f"{what} {size} is not divisible by data x fsdp = {n_batch} devices; on {n} devices "
+                             f"set grpo.micro_batch_size to a multiple of {n_batch}")
     gcfg = grpo_config(cfg)
     step = jax.jit(lambda s, b: grpo_step(s, b, gcfg), out_shardings=(state_sh, shd.replicated(mesh)),
                    donate_argnums=(0,))

@@ -676,7 +676,8 @@ def _as_key(rng) -> jax.Array:
     return rng
 
 
-def generate(model, prompts: Sequence, sampling: SamplingConfig, rng, params: Any = None) -> Generation:
+def generate(model, prompts: Sequence, sampling: SamplingConfig, rng, params: Any = None,
+             mesh: jax.sharding.Mesh | None = None) -> Generation:
     """Sample ``sampling.num_samples`` completions for each prompt.
 
     Args:
@@ -686,6 +687,9 @@ def generate(model, prompts: Sequence, sampling: SamplingConfig, rng, params: An
       rng: a PRNG key (or an int seed). The same key gives the same tokens; fold the training step into
         it (``jax.random.fold_in(key, step)``) so every rollout sees fresh noise.
       params: replaces ``model.params`` (adapted or merged parameters; any pytree the decoder accepts).
+      mesh: the device mesh of sharded ``params``: the prompt rows are split over its batch axes (when they
+        divide) and the outputs come back to every process (``tina_jax.distributed``); in a multi-process
+        run every process passes the same prompts and gets the whole Generation.
 
     Returns:
       a Generation (rows group-major: prompt 0's G samples, then prompt 1's, ...).
@@ -719,7 +723,16 @@ def generate(model, prompts: Sequence, sampling: SamplingConfig, rng, params: An
     s = sampling.replace(stop_token_ids=stop, pad_token_id=pad)
     p = prompt_bucket(max(map(len, ids)), limit)
     batch, mask = pad_prompts(ids, p, pad)
-    tokens, logprobs, lengths = sample_tokens(cfg, params, jnp.asarray(batch), jnp.asarray(mask), _as_key(rng), s)
+    if mesh is None:
+        tokens, logprobs, lengths = sample_tokens(cfg, params, jnp.asarray(batch), jnp.asarray(mask), _as_key(rng), s)
+    else:
+        from tina_jax import distributed, sharding as shd
+
+        rows_sh = (shd.batch_sharding(mesh) if len(batch) % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
+                   else shd.replicated(mesh))
+        key = jax.random.wrap_key_data(distributed.place(jax.random.key_data(_as_key(rng)), shd.replicated(mesh)))
+        out = sample_tokens(cfg, params, distributed.place(batch, rows_sh), distributed.place(mask, rows_sh), key, s)
+        tokens, logprobs, lengths = (jnp.asarray(distributed.to_host(x)) for x in out)
 
     host_tok, host_len = np.asarray(tokens), np.asarray(lengths)
     last = host_tok[np.arange(len(host_len)), host_len - 1]

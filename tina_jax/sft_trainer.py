@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from tina_jax import config as config_lib
-from tina_jax import optim, sharding
+from tina_jax import distributed, optim, sharding
 from tina_jax.config import RunConfig
 from tina_jax.rl.grpo import init_state, policy_params
 from tina_jax.rl.sft import SftConfig, make_sft_step, pack_sequences, sft_step
@@ -76,11 +76,12 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
     from tina_jax.models import load_model
 
     t_start = time.time()
-    run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.dump_config(cfg, run_dir / "config.yaml")
+    run_dir = Path(cfg.train.run_dir)  # claimed (locked, checked, config.yaml written) by trainer.train
+    primary = distributed.is_primary()  # only process 0 writes logs and plots (tina_jax.distributed)
+    if not primary:
+        console = lambda *a, **k: None  # noqa: E731
     mesh = sharding.make_mesh(cfg.mesh.shape)
-    multi = mesh.size > 1
+    multi = mesh.size > 1 or jax.process_count() > 1
     model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
                        mesh=mesh if multi else None, remat=cfg.model.remat)
     model = tr.apply_init_from(cfg, model, console)
@@ -92,7 +93,8 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
 
     train_ex, train_rep = build_sft_data(cfg, tok)
     eval_ex, eval_rep = tr.build_eval_data(cfg, tok)
-    (run_dir / "data_report.json").write_text(json.dumps({"train": train_rep, "eval": eval_rep}, indent=2))
+    if primary:
+        (run_dir / "data_report.json").write_text(json.dumps({"train": train_rep, "eval": eval_rep}, indent=2))
     dropped = train_rep["total"] - train_rep["kept"]
     console(f"data: {train_rep['kept']}/{train_rep['total']} SFT examples kept"
             + (f" ({train_rep['no_target']} without a target, {train_rep['overlong']} over sft.max_length "
@@ -110,15 +112,13 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
 
         console(adapters.summary(adapter))
     if multi:
-        from tina_jax.rl.grpo import shard_state
-
-        state = shard_state(state, mesh)
+        state = distributed.put(state, sharding.tree_shardings(state, mesh))
     step_fn = make_sft_step(SftConfig(cfg.sft.micro_batch_size, cfg.sft.logprob_chunk),
                             mesh=mesh if multi else None, state=state)
     schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, 1)
     d = cfg.data
+    # every process walks the same order and places its devices' rows of each batch (as trainer.build_loader)
     loader = pipeline.make_loader(train_ex, batch_size=cfg.sft.batch_size, seed=d.seed, num_epochs=d.num_epochs,
-                                  shard_index=jax.process_index(), shard_count=jax.process_count(),
                                   shuffle=d.shuffle)
     data_steps = loader.batches_per_epoch * d.num_epochs if d.num_epochs is not None else None
     last_step = min(cfg.train.max_steps, data_steps) if data_steps is not None else cfg.train.max_steps
@@ -128,11 +128,11 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
                 f"{data_steps}")
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
                                    best_metric="eval/greedy_accuracy")
-    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
+    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
     start = 0
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        arrays, meta = ckpt.restore(latest, like=tr._checkpoint_arrays(state))
+    found = ckpt.restore_latest_intact(tr._checkpoint_arrays(state), console) if resume else None
+    if found is not None:
+        _, arrays, meta = found
         state = tr._restore_state(state, arrays)
         loader.set_state(meta["loader"])
         start = int(meta["step"])
@@ -149,7 +149,8 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
 
     def run_eval(step: int) -> dict:
         t0 = time.time()
-        m = tr.evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root)
+        m = tr.evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root,
+                        mesh if multi else None)
         m["time/eval_s"] = time.time() - t0
         console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
                 + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
@@ -158,7 +159,8 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
 
     stopper = tr._Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every)
+    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every,
+                             **({} if primary else {"file": distributed.NullWriter(), "interactive": False}))
     t = cfg.train
     last_metrics: dict = {}
     step = start
@@ -170,7 +172,8 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
             examples = next(loader)
             batch = make_batch(cfg, examples, pad_id, row_multiple)
             update = int(state.step)
-            state, m = step_fn(state, batch)
+            state, m = step_fn(state, {k: distributed.place(np.asarray(v), sharding.batch_sharding(mesh, np.ndim(v)))
+                                       for k, v in batch.items()} if multi else batch)
             m = {k: float(v) for k, v in m.items()}
             if not math.isfinite(m["loss"]):
                 raise tr.TrainingError(f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); "
@@ -190,10 +193,11 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
             bar.update(step, metrics)
             last_metrics = metrics
             out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
-            if step % t.save_every == 0 or step == last_step or stopper.signal or out_of_time:
+            halt = distributed.any_process(stopper.signal is not None or out_of_time)  # all stop together
+            if step % t.save_every == 0 or step == last_step or halt:
                 ckpt.save(step, tr._checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
                           metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
-            if stopper.signal or out_of_time:
+            if halt:
                 console(f"stopping at step {step} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
                         f" checkpoint saved, rerun the same command to resume")
                 break
@@ -209,11 +213,12 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
     exhausted = step >= last_step and last_step < t.max_steps
     summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
                **last_metrics}
-    if t.plot:
+    if t.plot and primary:
         summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
                                        t.cost_per_device_hour)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if primary:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console(summary["cost"])
     if stopper.signal:
         raise KeyboardInterrupt(f"stopped by signal {stopper.signal} after saving step {step}")

@@ -101,3 +101,18 @@ def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch") -> Non
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def per_device_bytes(tree: Any, axis_sizes: dict[str, int]) -> int:
+    """Bytes one device holds of a parameter-like tree (arrays or ShapeDtypeStructs) laid out by
+    ``PARAM_RULES`` on a mesh with these axis sizes; needs no devices (dry runs size pods from a laptop)."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = tuple(getattr(leaf, "shape", ()))
+        dtype = getattr(leaf, "dtype", np.float32)
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            dtype = np.uint32
+        spec = spec_for(_name(path), shape)
+        local = [-(-d // axis_sizes[ax]) if ax is not None else d for d, ax in zip(shape, tuple(spec))]
+        total += math.prod(local) * np.dtype(dtype).itemsize
+    return int(total)

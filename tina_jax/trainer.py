@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tina_jax import config as config_lib
-from tina_jax import optim, sharding
+from tina_jax import distributed, optim, sharding
 from tina_jax.config import RunConfig
 from tina_jax.rl import advantages as adv_lib
 from tina_jax.rl.grpo import GrpoConfig, TrainState, init_state, make_grpo_step, make_logprob_fn, policy_params
@@ -97,9 +97,10 @@ def build_loader(cfg: RunConfig, train_ex: list):
     """The grain batch loader over the training examples (one batch = one rollout's prompts)."""
     from tina_jax.data import pipeline
 
+    # Every process walks the same global order and holds the whole (small) batch of prompts; each scores
+    # its own prompt groups (tina_jax.distributed), so N processes train exactly as one does.
     return pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
-                                num_epochs=cfg.data.num_epochs, shard_index=jax.process_index(),
-                                shard_count=jax.process_count(), shuffle=cfg.data.shuffle)
+                                num_epochs=cfg.data.num_epochs, shuffle=cfg.data.shuffle)
 
 
 def data_step_limit(cfg: RunConfig, loader) -> int | None:
@@ -168,11 +169,11 @@ def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_
 # ------------------------------------------------------------------------------------------------
 # Rollout and evaluation
 # ------------------------------------------------------------------------------------------------
-def rollout(model, params, examples: list[dict], sampling, rng):
+def rollout(model, params, examples: list[dict], sampling, rng, mesh=None):
     """G completions for each example's prompt ids (``tina_jax.sampling.generate``): a ``Generation``."""
     from tina_jax.sampling import generate
 
-    return generate(model, [ex["prompt_ids"] for ex in examples], sampling, rng, params=params)
+    return generate(model, [ex["prompt_ids"] for ex in examples], sampling, rng, params=params, mesh=mesh)
 
 
 def trim_padding(batch: dict, multiple: int = 16) -> dict:
@@ -194,7 +195,7 @@ def trim_padding(batch: dict, multiple: int = 16) -> dict:
 
 
 def evaluate(model, params, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
-             rng) -> dict[str, float]:
+             rng, mesh=None) -> dict[str, float]:
     """Greedy accuracy (and sampled accuracy when train.eval_samples > 0) on held-out examples."""
     t = cfg.train
     out: dict[str, float] = {}
@@ -209,8 +210,10 @@ def evaluate(model, params, examples: list[dict], cfg: RunConfig, sampling_base,
         bs = max(1, t.eval_batch_size // s.num_samples)
         for i in range(0, len(examples), bs):
             chunk = examples[i:i + bs]
-            gen = rollout(model, params, chunk, s, jax.random.fold_in(rng, i))
-            correct += is_correct(gen.texts, **_field_lists(chunk, s.num_samples))
+            gen = rollout(model, params, chunk, s, jax.random.fold_in(rng, i), mesh)
+            correct += distributed.score_split(lambda texts, **f: is_correct(list(texts), **f), len(chunk),
+                                               s.num_samples, texts=gen.texts,
+                                               **_field_lists(chunk, s.num_samples)).tolist()
             lengths += np.asarray(gen.lengths).tolist()
         out[f"eval/{name}_accuracy"] = float(np.mean(correct))
         out[f"eval/{name}_mean_length"] = float(np.mean(lengths))
@@ -225,7 +228,11 @@ class _Stop:
     signal: int | None = None
 
     def __call__(self, signum, frame):
-        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting", signum)
+        if self.signal is not None:  # a second Ctrl-C / TERM: the user does not want to wait for the step
+            raise KeyboardInterrupt(f"second signal {signum}: stopped at once without saving this step; the "
+                                    "last checkpoint is kept, rerun the same command to resume from it")
+        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting "
+                    "(send it again to stop at once)", signum)
         self.signal = signum
 
 
@@ -310,16 +317,30 @@ def apply_init_from(cfg: RunConfig, model, console: Callable[[str], None] = prin
     return dataclasses.replace(model, params=params)
 
 
+def check_context(cfg: RunConfig, mcfg) -> None:
+    """Prompts plus completions must fit the model's context (the model config is known only once loaded)."""
+    need = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if need > mcfg.max_position_embeddings:
+        raise TrainingError(
+            f"data.max_prompt_length ({cfg.data.max_prompt_length}) + rollout.max_new_tokens "
+            f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
+            f"tokens ({cfg.model.source}); lower one of them")
+
+
 def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
     """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
     from tina_jax import evaluation
 
     e, t0 = cfg.eval, time.time()
+    mesh = None  # several processes: generate over the params' mesh (tina_jax.distributed)
+    if jax.process_count() > 1:
+        mesh = next(x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x, jax.Array))
     res = evaluation.evaluate(
         model, list(e.benchmarks), e.protocol, params=params, samples=e.samples, seeds=e.seeds,
         limit=e.limit, max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
         out_dir=run_dir / "eval" / f"step_{step}", seed=cfg.train.seed, progress=False, console=console,
-        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"})
+        model_info={"source": cfg.model.source, "run": str(run_dir), "step": step, "name": f"{run_dir.name}@{step}"},
+        mesh=mesh)
     m = evaluation.flat_metrics(res)
     m["time/bench_eval_s"] = time.time() - t0
     key = f"avg@{res['settings']['samples']}"
@@ -329,36 +350,53 @@ def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console:
     return m
 
 
-def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
-    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary."""
-    if cfg.algorithm == "sft":
-        from tina_jax.sft_trainer import train_sft
+def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print,
+          overwrite: bool = False) -> dict:
+    """Run (or resume) training as configured (GRPO, or SFT with ``algorithm: sft``); returns the summary.
 
-        return train_sft(cfg, resume=resume, console=console)
+    The run directory is claimed first (``tina_jax.run_dir``): a second live trainer, a fresh start over
+    another run's checkpoints (unless ``overwrite``) and a resume under a changed config are refused."""
+    from tina_jax.run_dir import open_run_dir
+
+    guard = open_run_dir(cfg, resume=resume, overwrite=overwrite, primary=distributed.is_primary())
+    try:
+        if cfg.algorithm == "sft":
+            from tina_jax.sft_trainer import train_sft
+
+            return train_sft(cfg, resume=resume, console=console)
+        return _train_grpo(cfg, resume, console)
+    finally:
+        guard.release()
+
+
+def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) -> dict:
     from tina_jax import checkpoint, runlog, sampling as smp
     from tina_jax.models import load_model
 
     t_start = time.time()
     run_dir = Path(cfg.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.dump_config(cfg, run_dir / "config.yaml")
+    primary = distributed.is_primary()  # only process 0 writes logs, plots and samples
+    if not primary:
+        console = lambda *a, **k: None  # noqa: E731
 
     mesh = sharding.make_mesh(cfg.mesh.shape)
     rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
     sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
-    multi = mesh.size > 1
+    multi = mesh.size > 1 or jax.process_count() > 1
 
     model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
                        mesh=mesh if multi else None, remat=cfg.model.remat)
     model = apply_init_from(cfg, model, console)
     mcfg, tok = model.config, model.tokenizer
+    check_context(cfg, mcfg)
     if tok is None:
         raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
     console(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
             f"parameters ({mcfg.family}, {mcfg.param_dtype})")
 
     train_ex, eval_ex, report = build_data(cfg, tok)
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if primary:
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     console(f"data: {report['train']['kept']}/{report['train']['total']} train examples kept"
             + (f", {len(eval_ex)} eval" if eval_ex else ""))
     reward_fn = build_rewards(cfg, tok)
@@ -373,9 +411,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
         console(adapters.summary(adapter))
     if multi:
-        from tina_jax.rl.grpo import shard_state
-
-        state = shard_state(state, mesh)
+        state = distributed.put(state, sharding.tree_shardings(state, mesh))
     gcfg = grpo_config(cfg)
     step_fn = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
     old_logprob_fn = make_logprob_fn(gcfg)
@@ -391,11 +427,11 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 f"{cfg.train.max_steps}: the run ends at step {data_steps}")
     ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
                                    best_metric=f"eval/greedy_accuracy")
-    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard)
+    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
     start = 0
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        arrays, meta = ckpt.restore(latest, like=_checkpoint_arrays(state))
+    found = ckpt.restore_latest_intact(_checkpoint_arrays(state), console) if resume else None
+    if found is not None:
+        _, arrays, meta = found
         state = _restore_state(state, arrays)
         loader.set_state(meta["loader"])
         start = int(meta["step"])
@@ -414,7 +450,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     def run_eval(step: int) -> dict:
         t0 = time.time()
-        m = evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root)
+        m = evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root,
+                     mesh if multi else None)
         m["time/eval_s"] = time.time() - t0
         console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
                 + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
@@ -427,7 +464,8 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     stopper = _Stop()
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every)
+    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every,
+                             **({} if primary else {"file": distributed.NullWriter(), "interactive": False}))
     t = cfg.train
     last_metrics: dict = {}
     try:
@@ -445,19 +483,24 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                               metrics={k: v for k, v in last_metrics.items() if k.startswith("eval/")} or None)
                 break
             params = policy_params(state)
-            gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step))
+            gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step),
+                          mesh if multi else None)
             batch, texts = gen.batch(), gen.texts
             lens, truncated = np.asarray(gen.lengths), np.asarray(gen.truncated)
             t_sample = time.time() - t0
             fields = _field_lists(examples, r.num_generations)
-            rewards, per_reward = reward_fn(texts, completion_lengths=[int(x) for x in lens], **fields)
+            rewards, per_reward = distributed.score_split(  # each process scores its own prompt groups
+                lambda texts, completion_lengths, **f: reward_fn(list(texts), completion_lengths=list(completion_lengths), **f),
+                len(examples), r.num_generations, texts=texts, completion_lengths=[int(x) for x in lens], **fields)
             rewards = np.asarray(rewards, np.float32)
             t_reward = time.time() - t0 - t_sample
             batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_generations,
                                                              cfg.grpo.advantage, cfg.grpo.adv_eps)
             batch = trim_padding(batch)
+            place = ((lambda b: {k: distributed.place(np.asarray(v), sharding.batch_sharding(mesh, np.ndim(v)))
+                                 for k, v in b.items()}) if multi else (lambda b: b))
             if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
-                batch["old_logprobs"] = old_logprob_fn(state, batch)
+                batch["old_logprobs"] = distributed.to_host(old_logprob_fn(state, place(batch)))
             n_mb = cfg.grpo.mini_batches
             mb_rows = rows // n_mb
             first_update = int(state.step)
@@ -465,13 +508,15 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
             for _ in range(cfg.grpo.num_iterations):
                 for k in range(n_mb):
                     mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
-                    state, m = step_fn(state, mb)
+                    state, m = step_fn(state, place(mb))
                     ms.append(m)
             m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
-            if not math.isfinite(m["loss"]):
+            if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
+                # raised before the save below: a non-finite update never reaches a checkpoint
                 raise TrainingError(
-                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); lower optim.lr, "
-                    f"check the rewards (mean {rewards.mean():.3f}), or set optim.max_grad_norm")
+                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); nothing of this step was "
+                    f"saved (the last checkpoint is intact); lower optim.lr, check the rewards (mean "
+                    f"{rewards.mean():.3f}), or set optim.max_grad_norm")
             step += 1
             dt = time.time() - t0
             tokens = int(lens.sum())
@@ -488,23 +533,28 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
                 "time/elapsed_s": time.time() - t_start,
             }
             if correct_name in per_reward:
-                metrics["reward/accuracy"] = float(np.mean(is_correct(texts, **fields)))
+                metrics["reward/accuracy"] = float(np.mean(distributed.score_split(
+                    lambda texts, **f: is_correct(list(texts), **f), len(examples), r.num_generations,
+                    texts=texts, **fields)))
+            # End-of-run hook: step == last_step is the last step of the run (train.max_steps, or the end of
+            # the data); the final held-out evaluation runs there, and its metrics go into the final checkpoint.
             if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
-                metrics.update(run_eval(step))  # the final evaluation runs here at step == last_step
+                metrics.update(run_eval(step))
             if cfg.eval.benchmarks and cfg.eval.every and step % cfg.eval.every == 0:
                 metrics.update(run_bench_eval(step))
             writer.write(step, metrics)
             bar.update(step, metrics)
             last_metrics = metrics
-            if t.sample_every and step % t.sample_every == 0:
+            if primary and t.sample_every and step % t.sample_every == 0:
                 with open(run_dir / "samples.log", "a") as f:
                     f.write(runlog.format_samples(step, [examples[i // r.num_generations]["prompt_text"]
                                                          for i in range(len(texts))], texts, rewards.tolist()))
             out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
-            if step % t.save_every == 0 or step == last_step or stopper.signal or out_of_time:
+            halt = distributed.any_process(stopper.signal is not None or out_of_time)  # all processes stop together
+            if step % t.save_every == 0 or step == last_step or halt:
                 ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
                           metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
-            if stopper.signal or out_of_time:
+            if halt:
                 console(f"stopping at step {step} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
                         f" checkpoint saved, rerun the same command to resume")
                 break
@@ -528,11 +578,12 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
         console(f"data exhausted at step {step} (train.max_steps {t.max_steps}); final checkpoint saved")
     summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
                **last_metrics}
-    if t.plot:
+    if t.plot and primary:
         summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
                                        t.cost_per_device_hour)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if primary:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console(summary["cost"])
     if stopper.signal:
         raise KeyboardInterrupt(f"stopped by signal {stopper.signal} after saving step {step}")
@@ -587,6 +638,15 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
     report: dict[str, Any] = {"config": "ok"}
     mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
                        compute_dtype=cfg.model.compute_dtype or cfg.model.dtype or "bfloat16", remat=cfg.model.remat)
+    check_context(cfg, mcfg)
+    try:
+        mesh = sharding.make_mesh(cfg.mesh.shape)  # fails here as in the real run: too few devices, ...
+    except ValueError as e:
+        n = int(np.prod([m for m in cfg.mesh.shape if m > 0]))
+        raise ValueError(f"{e} (to dry-run a larger mesh on a CPU, start the process with "
+                         f"XLA_FLAGS=--xla_force_host_platform_device_count={n})") from None
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
     console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
             f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
 
@@ -630,7 +690,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
             report["data_steps_upper_bound"] = steps
             console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
                     f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
-                    f"{cfg.train.max_steps}" + (" EXCEEDS it: the run would end early" if steps < cfg.train.max_steps
+                    f"{cfg.train.max_steps}" + (": fewer, the run would end with the data" if steps < cfg.train.max_steps
                                                 else ""))
     build_rewards(cfg, tok)  # reward names and parameters resolve
     if cfg.eval.benchmarks:  # benchmark files present; prompts render and fit the context
@@ -675,7 +735,6 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
     new_state, metrics = jax.eval_shape(lambda s, b: grpo_step(s, b, grpo_config(cfg)), state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
 
-    n_dev = max(1, int(np.prod([s for s in cfg.mesh.shape if s > 0])))
     base = _tree_bytes(shapes)
     trainable = _tree_bytes(state.trainable)
     opt = _tree_bytes(state.opt_state)
@@ -688,13 +747,32 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
     logits = micro * g.logprob_chunk * mcfg.vocab_size * 4 * 3
     est = {"base_params": base, "trainable": trainable, "optimizer_state": opt, "rollout_kv_cache": kv,
            "train_activations (rough)": acts, "logits_chunk": logits}
-    total = sum(est.values())
+    # Per device on the configured mesh (-1 takes this machine's devices): weights and optimizer state as
+    # the partition rules lay them out, batch-shaped buffers over data x fsdp.
+    mesh_shape = list(cfg.mesh.shape)
+    if -1 in mesh_shape:
+        rest = int(np.prod([m for m in mesh_shape if m != -1]))
+        mesh_shape[mesh_shape.index(-1)] = max(1, jax.device_count() // rest)
+    axes = dict(zip(sharding.AXES, mesh_shape))
+    n_batch = axes["data"] * axes["fsdp"]
+    for what, n in (("rollout mini-batch (completions)", mb_rows), ("grpo.micro_batch_size", micro)):
+        if n % n_batch:
+            raise ValueError(f"{what} {n} is not divisible by data x fsdp = {n_batch} of mesh {tuple(mesh_shape)}; "
+                             "change the batch sizes or the mesh shape")
+    per_dev = {"base_params": sharding.per_device_bytes(shapes, axes),
+               "trainable": sharding.per_device_bytes(state.trainable, axes),
+               "optimizer_state": sharding.per_device_bytes(state.opt_state, axes),
+               "rollout_kv_cache": kv // n_batch if rows % n_batch == 0 else kv,
+               "train_activations (rough)": acts // n_batch, "logits_chunk": logits // n_batch}
+    total, total_dev = sum(est.values()), sum(per_dev.values())
     console(f"trainable parameters: {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable)):,}")
-    console("memory estimate (whole job, before sharding over devices):")
+    console(f"memory estimate: {'whole job':>12s} {'per device':>12s}  (mesh data x fsdp x tensor = "
+            f"{' x '.join(map(str, mesh_shape))})")
     for k, v in est.items():
-        console(f"  {k:28s} {_gib(v)}")
-    console(f"  {'total':28s} {_gib(total)}  (~{_gib(total / n_dev)} per device over {n_dev} devices "
-            "if everything shards evenly)")
+        console(f"  {k:28s} {_gib(v):>12s} {_gib(per_dev[k]):>12s}")
+    console(f"  {'total':28s} {_gib(total):>12s} {_gib(total_dev):>12s}")
+    report["memory_per_device_bytes"] = per_dev
+    report["mesh"] = mesh_shape
     report["memory_bytes"] = est
     report["grpo_step_metrics"] = sorted(metrics)
     if memory_plan:  # XLA's own per-device figures for the compiled programs (tina_jax.memory_plan)

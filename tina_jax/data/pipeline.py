@@ -96,11 +96,41 @@ def load_records(source: str, split: str | None = None, **kw) -> "list[dict] | A
             raise ValueError(
                 f"local data source {source!r}: expected a file ending in one of {sorted(_FILE_BUILDERS)}"
             )
+        if ext == ".jsonl":
+            _check_jsonl(source)
         name = split or "train"
-        return datasets.load_dataset(_FILE_BUILDERS[ext], data_files={name: source}, split=name, **kw)
+        try:
+            ds = datasets.load_dataset(_FILE_BUILDERS[ext], data_files={name: source}, split=name, **kw)
+        except Exception as e:  # datasets/pyarrow errors name neither the file nor the line
+            raise ValueError(f"{source}: could not be read as {_FILE_BUILDERS[ext]} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        if len(ds) == 0:
+            raise ValueError(f"{source} has no records")
+        return ds
     if ext in _FILE_BUILDERS:
         raise FileNotFoundError(f"data file {source!r} does not exist")
     return datasets.load_dataset(source, name=kw.pop("name", None), split=split or "train", **kw)
+
+
+def _check_jsonl(path: str) -> None:
+    """``FILE:LINE: not valid JSON`` / ``FILE has no records`` before datasets reads it (its errors name
+    neither)."""
+    import json
+
+    records = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
+            records += 1
+    if records == 0:
+        raise ValueError(f"{path} has no records")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,6 +241,10 @@ def prepare_examples(
             }
             for f in required:
                 ex[f] = rec[col(f)]
+                if f == "solution" and isinstance(ex[f], (int, float)) and not isinstance(ex[f], bool):
+                    # a bare number as gold: every checker parses "\boxed{42}" (a plain 42 is not LaTeX)
+                    ex[f] = f"\\boxed{{{ex[f]}}}"
+                    report["numeric_solution_converted"] = report.get("numeric_solution_converted", 0) + 1
             for f in keep_fields:
                 if f not in ex and rec.get(col(f)) is not None:
                     ex[f] = rec[col(f)]

@@ -109,14 +109,19 @@ class Problem:
     record: dict
 
 
-def get_benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
+def lookup(table: dict, name: str, what: str):
+    """``table[name]``, or a ValueError naming the nearest known ``what``."""
+    if name not in table:
         import difflib
 
-        near = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
+        near = difflib.get_close_matches(name, list(table), n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"unknown benchmark {name!r}; {hint}known: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[name]
+        raise ValueError(f"unknown {what} {name!r}; {hint}known: {', '.join(table)}")
+    return table[name]
+
+
+def get_benchmark(name: str) -> Benchmark:
+    return lookup(BENCHMARKS, name, "benchmark")
 
 
 def load_benchmark(name: str, limit: int | None = None, data_dir: str | Path | None = None) -> list[Problem]:

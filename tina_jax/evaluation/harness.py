@@ -8,8 +8,8 @@ How it runs
    template (``samples.jsonl`` keeps the rendered text exactly as tokenised).
 2. Problems are sorted by prompt length and cut into batches under a budget: ``rows = problems x n <=
    max_rows`` and ``rows x (prompt bucket + max_new_tokens) <= batch_tokens``; the number of problems in
-   a batch is a power of two and a short last batch is padded with repeats (discarded) to the next power of
-   two, so few programs compile. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
+   a batch is a power of two (the tail is cut into smaller powers of two, e.g. 100 = 64 + 32 + 4), so few
+   programs compile and no row is padding. Each problem's prompt is prefilled once for its n samples (``sampling.generate``).
 3. Seed s of batch b samples with ``fold_in(fold_in(key(seed + s), crc32(benchmark)), b)``: the same
    arguments give the same batches and the same tokens.
 4. ``samples.jsonl`` (one line per problem, sample and seed) is appended batch by batch and is the
@@ -53,7 +53,7 @@ def plan_batches(prompt_lengths: Sequence[int], n: int, max_new_tokens: int, max
                  batch_tokens: int, prompt_limit: int | None = None) -> list[list[int]]:
     """Problem indices per batch: sorted by prompt length, at most ``max_rows`` rows (problems x n) and
     ``batch_tokens`` row-tokens (rows x (prompt bucket + max_new_tokens)) per batch, the problem count a
-    power of two (the last batch may hold fewer; the caller pads it to a power of two)."""
+    power of two (the tail is cut into smaller powers of two, so no batch needs padding rows)."""
     from tina_jax.sampling import prompt_bucket
 
     order = sorted(range(len(prompt_lengths)), key=lambda i: (prompt_lengths[i], i))
@@ -63,6 +63,8 @@ def plan_batches(prompt_lengths: Sequence[int], n: int, max_new_tokens: int, max
     batches, pos = [], 0
     while pos < len(order):
         b = start_b
+        while b > len(order) - pos:  # the tail in power-of-two pieces: no padding rows
+            b //= 2
         while b > 1:
             last = order[min(pos + b, len(order)) - 1]
             p = prompt_bucket(prompt_lengths[last], prompt_limit)
@@ -201,14 +203,20 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
              out_dir: str | os.PathLike | None = None, model_info: dict | None = None, max_rows: int = 64,
              batch_tokens: int = 1 << 20, seed: int = 0, data_dir: str | os.PathLike | None = None,
              cache_dtype: str | None = None, timeout: float = 10.0, overwrite: bool = False,
-             progress: bool = True, console: Callable[[str], None] = print) -> dict:
+             progress: bool = True, console: Callable[[str], None] = print, mesh=None) -> dict:
     """Evaluate ``model`` (``load_model``'s result; ``params`` replaces its weights, e.g. with an adapter
     applied) on ``benchmarks`` under ``protocol``; returns the results dict (also written to ``out_dir``).
 
     ``samples``, ``seeds``, ``max_new_tokens``, ``temperature`` and ``top_p`` override the protocol's
     defaults. ``limit`` keeps the first N problems of each benchmark. ``out_dir=None`` keeps everything in
     memory (no resume). See the module docstring for batching, seeding and the resume cache.
+
+    ``mesh``: the device mesh of sharded ``params``. In a multi-process run every process calls
+    ``evaluate`` alike: the generation is one program over all devices, each process grades its share of
+    the rows, and only process 0 writes ``out_dir``.
     """
+    from tina_jax import distributed
+
     import jax
     from tina_jax.sampling import SamplingConfig, default_stop_token_ids, generate
 
@@ -245,10 +253,16 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
 
     out = Path(out_dir) if out_dir is not None else None
     cache: dict[tuple, dict] = {}
+    primary = distributed.is_primary()
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        _check_fingerprint(out, _fingerprint(model_info, proto, max_rows, batch_tokens, seed), overwrite)
-        cache = _read_cache(out / "samples.jsonl")
+        if primary:
+            out.mkdir(parents=True, exist_ok=True)
+            _check_fingerprint(out, _fingerprint(model_info, proto, max_rows, batch_tokens, seed), overwrite)
+            cache = _read_cache(out / "samples.jsonl")  # drops (and rewrites away) a torn last line
+        distributed.barrier(f"eval-open:{out}")
+        if not primary:
+            cache = _read_cache(out / "samples.jsonl")
+        distributed.barrier(f"eval-cache-read:{out}")  # every process plans the same work
 
     rendered = []
     for name in benchmarks:
@@ -289,13 +303,13 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
         bar = tqdm(total=total_rows, unit="completion", desc=f"eval {proto.name}", dynamic_ncols=True)
     t0 = time.time()
     gen_s, gen_tokens, work_slots, used_slots = 0.0, 0, 0, 0
-    fh = open(out / "samples.jsonl", "a", encoding="utf-8") if out is not None else None
+    fh = open(out / "samples.jsonl", "a", encoding="utf-8") if out is not None and primary else None
     try:
         for rb, s, bi, idx, width in work:
             padded = list(idx) + [idx[-1]] * (width - len(idx)) if len(idx) < width else list(idx)
             tg = time.time()
             gen = generate(model, [rb.prompt_ids[i] for i in padded], sampling,
-                           _batch_key(seed + s, rb.name, bi), params=params)
+                           _batch_key(seed + s, rb.name, bi), params=params, mesh=mesh)
             lengths = np.asarray(gen.lengths)
             truncated = np.asarray(gen.truncated)
             gen_s += time.time() - tg
@@ -305,8 +319,12 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
             rows = [(i, j, r) for k, i in enumerate(idx) for j, r in [(j, k * n + j) for j in range(n)]]
             texts = [gen.texts[r] for _, _, r in rows]
             golds = [rb.problems[i].gold for i, _, _ in rows]
-            correct, extracted, _ = checkers.grade(rb.checker, texts, golds, [rb.gold_kind] * len(rows),
-                                                   timeout=timeout, prefix=rb.prefix)
+            lo, hi = distributed.rows_of(len(rows))  # each process grades its share of the rows
+            part = checkers.grade(rb.checker, texts[lo:hi], golds[lo:hi], [rb.gold_kind] * (hi - lo),
+                                  timeout=timeout, prefix=rb.prefix)
+            parts = distributed.gather_json([[int(c) for c in part[0]], list(part[1])])
+            correct = [c for p in parts for c in p[0]]
+            extracted = [e for p in parts for e in p[1]]
             lines = []
             for (i, j, r), c, e in zip(rows, correct, extracted):
                 p = rb.problems[i]
@@ -338,7 +356,7 @@ def evaluate(model, benchmarks: Sequence[str], protocol: str | Protocol = "greed
                       "tokens_per_s": gen_tokens / gen_s if gen_s > 0 else None,
                       "idle_row_frac": 1 - used_slots / work_slots if work_slots else None,
                       "device": _device(), "git_commit": _git_commit()}
-    if out is not None:
+    if out is not None and primary:
         _write_reports(out, results)
     return results
 

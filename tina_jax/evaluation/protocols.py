@@ -92,10 +92,6 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
 
 
 def get_protocol(name: str) -> Protocol:
-    if name not in PROTOCOLS:
-        import difflib
+    from tina_jax.evaluation.benchmarks import lookup
 
-        near = difflib.get_close_matches(name, list(PROTOCOLS), n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"unknown protocol {name!r}; {hint}known: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[name]
+    return lookup(PROTOCOLS, name, "protocol")

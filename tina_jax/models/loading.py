@@ -187,8 +187,12 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     if single.is_file():
         from safetensors import safe_open
 
-        with safe_open(single, "np") as f:
-            return {name: single for name in f.keys()}
+        try:
+            with safe_open(single, "np") as f:
+                return {name: single for name in f.keys()}
+        except Exception as e:  # safetensors' own error names neither the file nor what to do
+            raise CheckpointError(f"{single} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
+                                  "not safetensors: download or export it again") from None
     raise CheckpointError(
         f"no weights in {path}: expected model.safetensors or model.safetensors.index.json "
         "(PyTorch .bin checkpoints are not supported; re-save with safe_serialization=True)")
@@ -204,7 +208,6 @@ def load_hf_dir(
     """(config, params) from a Hugging Face directory. Errors name the file and the tensor."""
     from safetensors import safe_open
 
-    from tina_jax import sharding as shd
 
     path = Path(path)
     hf = _read_config_json(path)
@@ -217,7 +220,7 @@ def load_hf_dir(
     target_dtype = as_dtype(dtype)
     handles: dict[Path, Any] = {}
 
-    def get(name: str) -> np.ndarray:
+    def handle(name: str):
         if name not in files:
             where = sorted({str(f.name) for f in files.values()})
             raise CheckpointError(f"tensor {name!r} missing from {path} (files: {', '.join(where)})")
@@ -225,8 +228,27 @@ def load_hf_dir(
         if f not in handles:
             if not f.is_file():
                 raise CheckpointError(f"{f} is listed in the index for {name!r} but does not exist")
-            handles[f] = safe_open(f, "np")
-        return handles[f].get_tensor(name)
+            try:
+                handles[f] = safe_open(f, "np")
+            except Exception as e:
+                raise CheckpointError(f"{f} cannot be read ({type(e).__name__}: {e}); the file is truncated or "
+                                      "not safetensors: download or export it again") from None
+        return handles[f]
+
+    def read(name: str, how=lambda h, n: h.get_tensor(n)):
+        try:
+            return how(handle(name), name)
+        except CheckpointError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{files[name]}: tensor {name!r} cannot be read ({type(e).__name__}: {e}); the "
+                                  "file is truncated or damaged: download or export it again") from None
+
+    def get(name: str) -> np.ndarray:
+        return read(name)
+
+    def sliced(name: str):  # reads only the slices asked for (safetensors maps the file)
+        return read(name, lambda h, n: h.get_slice(n))
 
     params: dict[str, Any] = {"layers": {}}
     used: set[str] = set()
@@ -235,6 +257,15 @@ def load_hf_dir(
         for k in ppath:
             expected = expected[k]
         names = ([hf_name.format(i=i) for i in range(config.num_layers)] if "{i}" in hf_name else [hf_name])
+        if mesh is not None:  # each process reads only the slices its own devices hold
+            arr = _place_from_slices(names, [sliced(n) for n in names], "{i}" in hf_name, transform == "T",
+                                     expected.shape, target_dtype, mesh, ppath, files)
+            used.update(names)
+            node = params
+            for k in ppath[:-1]:
+                node = node.setdefault(k, {})
+            node[ppath[-1]] = arr
+            continue
         arrays = []
         for n in names:
             a = get(n)
@@ -248,13 +279,7 @@ def load_hf_dir(
             used.add(n)
         host = np.stack(arrays) if "{i}" in hf_name else arrays[0]
         del arrays
-        host = host.astype(target_dtype, copy=False)
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(
-                mesh, shd.spec_for(ppath[-1], host.shape, mesh, "/".join(ppath)))
-            arr = jax.make_array_from_callback(host.shape, sharding, lambda idx, h=host: h[idx])
-        else:
-            arr = jnp.asarray(host)
+        arr = jnp.asarray(host.astype(target_dtype, copy=False))
         node = params
         for k in ppath[:-1]:
             node = node.setdefault(k, {})
@@ -266,6 +291,33 @@ def load_hf_dir(
             f"{len(unused)} tensors in {path} are not used by the {config.family} mapping "
             f"(e.g. {unused[:3]}); the checkpoint's architecture does not match config.json")
     return config, params
+
+
+def _place_from_slices(names, slices, stacked: bool, transposed: bool, shape, dtype, mesh, ppath, files):
+    """A global array of ``shape`` (layers stacked first when ``stacked``) sharded by the partition rules,
+    each device's block read straight from the safetensors slices (HF kernels are [out, in]: transposed)."""
+    from tina_jax import sharding as shd
+
+    want = tuple(shape[1:] if stacked else shape)
+    for n, sl in zip(names, slices):
+        got = tuple(sl.get_shape())
+        if (got[::-1] if transposed else got) != want:
+            raise CheckpointError(f"tensor {n!r} in {files[n]} has shape {got}, but config.json implies "
+                                  f"{want[::-1] if transposed else want}")
+    sharding = jax.sharding.NamedSharding(mesh, shd.spec_for(ppath[-1], tuple(shape), mesh, "/".join(ppath)))
+    done: dict = {}
+
+    def block(idx):
+        key = tuple((i.start, i.stop, i.step) for i in idx)
+        if key not in done:  # replicated blocks are asked for once per device: read them once
+            layers, rest = (idx[0], idx[1:]) if stacked else (slice(None), idx)
+            src = tuple(rest[::-1]) if transposed else tuple(rest)
+            parts = [np.asarray(sl[src]) for sl in (slices[layers] if stacked else slices)]
+            parts = [p.T for p in parts] if transposed else parts
+            done[key] = (np.stack(parts) if stacked else parts[0]).astype(dtype, copy=False)
+        return done[key]
+
+    return jax.make_array_from_callback(tuple(shape), sharding, block)
 
 
 def load_tokenizer(path: Path):
