@@ -68,11 +68,15 @@ def _overrides(name: str, args, lr: float | None = None) -> list[str]:
     out = [*RECIPE, *adapter, f"optim.lr={lr if lr is not None else default_lr}"]
     if args.model:
         out.append(f"model.source={args.model}")
-    if args.smoke:
+    if args.smoke:  # tiny models: cap the rank at 8 (LoRA's r=32 exceeds their narrowest projection)
         out += ["data.n_eval=4", "rollout.max_new_tokens=8", "grpo.prompts_per_step=1", "train.eval_batch_size=4"]
+        out += [f"adapter.rank={min(8, int(o.split('=')[1]))}" for o in adapter if o.startswith("adapter.rank=")]
     else:
         out.append(f"data.n_eval={args.n_eval}")
-    return out + list(args.override)
+    merged: dict[str, str] = {}  # a later setting of a key replaces an earlier one (train.py rejects repeats)
+    for o in out + list(args.override):
+        merged[o.split("=", 1)[0]] = o
+    return list(merged.values())
 
 
 def _load(name: str, args, lr: float | None = None):
@@ -140,10 +144,12 @@ def _rows(path: Path) -> list[dict]:
 
 def run_one(name: str, args, out: Path) -> dict:
     run_dir = out / name
+    run = [f"train.run_dir={run_dir}", "train.eval_every=0", "train.save_every=100000", "train.sample_every=0",
+           "train.plot=false", "train.tensorboard=false", f"train.max_steps={1 if args.smoke else 100000}",
+           f"train.time_limit_minutes={args.budget_minutes}"]
+    keys = {o.split("=", 1)[0] for o in run}
     cmd = [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(args.config), "--no-resume",
-           *_overrides(name, args), f"train.run_dir={run_dir}", "train.eval_every=0", "train.save_every=100000",
-           "train.sample_every=0", "train.plot=false", "train.tensorboard=false",
-           f"train.max_steps={1 if args.smoke else 100000}", f"train.time_limit_minutes={args.budget_minutes}"]
+           *[o for o in _overrides(name, args) if o.split("=", 1)[0] not in keys], *run]
     t0 = time.time()
     with open(out / f"{name}.log", "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
