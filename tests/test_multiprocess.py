@@ -191,7 +191,7 @@ def test_two_processes_run_sft_as_one(peaked_chat_model_dir, tmp_path):
                 f"train.max_steps={STEPS}", "train.save_every=1", "train.eval_every=0", "data.n_train=40",
                 "data.n_eval=2", "sft.batch_size=8", "sft.micro_batch_size=8", "rollout.max_new_tokens=8",
                 "optim.lr=1e-3", "optim.eps=1.0", "train.plot=false", "train.tensorboard=false",
-                "train.time_limit_minutes=null", f"mesh.shape={mesh}"]
+                "train.time_limit_minutes=null", "adapter.kind=none", f"mesh.shape={mesh}"]  # full-parameter
 
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     ref = subprocess.Popen([sys.executable, str(TRAIN), *overrides(ref_dir, "[8,1,1]")], env=_env(8, cache),

@@ -689,6 +689,7 @@ def test_pool_validation_and_default_pool():
     with pytest.raises(RuntimeError, match="closed"):
         p.map(R.check_answer, [], timeout=1, fallback=None)
     # the default pool is created lazily (no processes until used) and replaced after shutdown
+    R.shutdown()  # earlier tests may have used (and so started) the current default pool
     a = R.get_pool()
     assert R.get_pool() is a and a.worker_pids == []
     assert 1 <= a.num_workers <= 4
