@@ -11,7 +11,7 @@ from tina_jax.rewards import kk_reward
 from tina_jax.rewards.puzzles import kk_score_logic_rl, kk_score_warmup, parse_kk_answer
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KK_DATA = os.path.join(os.path.dirname(_ROOT), "shared", "data", "kk")  # ../shared beside the checkout
+KK_DATA = os.path.join(_ROOT, "data", "kk")  # the K&K test sets shipped with the project
 SEEDS = 1000
 
 
@@ -87,7 +87,7 @@ def test_trace_scores_full_marks_with_the_kk_rewards():
             assert kk_score_logic_rl(bad, p["solution_text_format"]) == 1.0 - 1.5
 
 
-@pytest.mark.skipif(not os.path.isdir(KK_DATA), reason="../shared/data/kk not present")
+@pytest.mark.skipif(not os.path.isdir(KK_DATA), reason="data/kk not present")
 def test_solver_and_wording_agree_with_the_shipped_kk_test_sets():
     n_checked = 0
     for n in range(3, 8):

@@ -19,7 +19,7 @@ import pytest
 import tina_jax.rewards as R
 from tina_jax.rewards import CheckerPool
 
-DATA = Path("/work/shared/data/kk")
+DATA = Path(__file__).resolve().parents[1] / "data" / "kk"  # the K&K test sets shipped in data/
 NAN = float("nan")
 TIMEOUT = 1.0  # per item, adversarial tests
 SLACK = 2.5  # seconds on top of the timeout (CPU shared with other jobs)

@@ -8,7 +8,7 @@ Placeholders: the user template contains ``{<field>}`` (e.g. ``{problem}``), whi
 the record's value with ``str.replace``; no ``str.format`` is applied, so templates and system
 prompts may contain literal braces (``\\boxed{}``, Open-RS's literal ``\\boxed{{}}``).
 
-Sources of the texts: /work/shared/RECIPES.md sections 4 (open_rs), 6 (tinylora_gsm8k),
+Sources of the texts: the project's shared RECIPES.md, sections 4 (open_rs), 6 (tinylora_gsm8k),
 8 (lighteval_math, qwen_boxed) and the Logic-RL K&K parquet files (kk).
 """
 

@@ -2,7 +2,7 @@
 
 The gold is the puzzle's ``solution_text_format`` (``"(1) Amelia is a knight\\n(2) Penelope is a
 knave"``), read from the example field ``solution_text_format`` (the top-level field of Logic-RL's
-data, /work/shared/data/kk/*.jsonl), else from ``reward_model[i]["ground_truth"]
+data, data/kk/*.jsonl), else from ``reward_model[i]["ground_truth"]
 ["solution_text_format"]`` (verl's layout of the same files), or from ``gold_field`` if given (the
 warm-up paper passed it as ``answer``). K&K's ``solution`` field is a list of booleans and is not
 used.
