@@ -21,7 +21,8 @@ _TIMING = ("time/", "throughput/")
 def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", "train.max_steps=5", "train.save_every=1",
             "train.eval_every=2", "data.n_eval=4", "train.eval_samples=2", "rollout.num_generations=4",
-            "grpo.prompts_per_step=2", "rollout.max_new_tokens=12", "adapter.rank=8", "optim.lr=0.05",
+            "grpo.prompts_per_step=2", "grpo.micro_batch_size=4", "rollout.max_new_tokens=12", "adapter.rank=8",
+            "optim.lr=0.05",
             "train.plot=false", "train.tensorboard=false",
             # random text has varied character lengths, so cosine rewards differ: parameters move
             "rewards=[{name: cosine, weight: 1.0, params: {max_len: 300}}, {name: accuracy, weight: 1.0}]"]
