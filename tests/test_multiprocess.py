@@ -58,6 +58,9 @@ def _overrides(model_dir: Path, run_dir: Path, mesh: str) -> list[str]:
             # eps=1: Adam's update stays nearly linear in the gradient (with eps=1e-8 its first steps are
             # g/|g|, which turns rounding-level differences of near-zero gradients into O(lr) ones)
             "optim.lr=0.05", "optim.eps=1.0", "train.plot=false",
+            # one update per rollout (the default recipe's second, clipped update amplifies reduction-order
+            # rounding between 1 and 2 processes beyond 1e-5 through the sampled tokens)
+            "grpo.mini_batches=1", "grpo.micro_batch_size=null", "optim.schedule=constant",
             # the eval harness at the end: generation over all devices, grading split over processes
             "eval.benchmarks=[gsm8k]", "eval.limit=4", "eval.max_new_tokens=8", "train.tensorboard=false", f"mesh.shape={mesh}",
             # random text has varied character lengths, so cosine rewards differ: parameters move
