@@ -209,20 +209,7 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    elapsed = time.time() - t_start
-    exhausted = step >= last_step and last_step < t.max_steps
-    summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
-               **last_metrics}
-    if t.plot and primary:
-        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
-    summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
-                                       t.cost_per_device_hour)
-    if primary:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    console(summary["cost"])
-    if stopper.signal:
-        raise KeyboardInterrupt(f"stopped by signal {stopper.signal} after saving step {step}")
-    return summary
+    return tr.finish_run(cfg, run_dir, step, last_step, last_metrics, t_start, stopper.signal, primary, console)
 
 
 def dry_run_sft(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:

@@ -572,6 +572,16 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
+    return finish_run(cfg, run_dir, step, last_step, last_metrics, t_start, stopper.signal, primary, console)
+
+
+def finish_run(cfg: RunConfig, run_dir: Path, step: int, last_step: int, last_metrics: dict, t_start: float,
+               signal_seen: int | None, primary: bool, console: Callable[[str], None]) -> dict:
+    """The end of a GRPO or SFT run: data-exhaustion line, summary.json with the cost line, plot; raises
+    KeyboardInterrupt after a signal (the checkpoint is already saved)."""
+    from tina_jax import runlog
+
+    t = cfg.train
     elapsed = time.time() - t_start
     exhausted = step >= last_step and last_step < t.max_steps
     if exhausted:
@@ -585,8 +595,8 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
     if primary:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     console(summary["cost"])
-    if stopper.signal:
-        raise KeyboardInterrupt(f"stopped by signal {stopper.signal} after saving step {step}")
+    if signal_seen:
+        raise KeyboardInterrupt(f"stopped by signal {signal_seen} after saving step {step}")
     return summary
 
 
