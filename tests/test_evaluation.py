@@ -264,8 +264,8 @@ def test_training_run_logs_benchmark_eval_and_its_checkpoint_evaluates_the_same(
     run = tmp_path / "run"
     cfg = load_config(None, [
         f"model.source={tiny_chat_model_dir}", f"train.run_dir={run}", "train.max_steps=3", "train.save_every=1",
-        "train.eval_every=0", "rollout.num_generations=2", "grpo.prompts_per_step=2", "rollout.max_new_tokens=8",
-        "adapter.rank=4", "optim.lr=0.05", "train.plot=false", "train.tensorboard=false",
+        "train.eval_every=0", "rollout.num_samples=2", "grpo.prompts_per_step=2", "rollout.max_new_tokens=8",
+        "adapter.r=4", "optim.lr=0.05", "train.plot=false", "train.tensorboard=false",
         "rewards=[{name: cosine, weight: 1.0, params: {max_len: 100}}]",
         "eval.benchmarks=[gsm8k, amc23]", "eval.protocol=greedy", "eval.limit=2", "eval.every=2",
         "eval.max_new_tokens=6", "data.n_eval=4", "data.n_train=16", "data.max_prompt_length=128"])

@@ -16,7 +16,7 @@ from tina_jax.memory_plan import memory_plan
 out = {}
 for n in (1, 2):
     cfg = load_config(None, [f"model.source={sys.argv[1]}", "adapter.kind=none", "mesh.shape=[1,-1,1]",
-                             "grpo.prompts_per_step=2", "rollout.num_generations=2", "rollout.max_new_tokens=16",
+                             "grpo.prompts_per_step=2", "rollout.num_samples=2", "rollout.max_new_tokens=16",
                              "data.max_prompt_length=32", "model.dtype=float32"])
     out[n] = memory_plan(cfg, devices=n)
 print(json.dumps(out))

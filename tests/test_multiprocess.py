@@ -54,7 +54,7 @@ def peaked_chat_model_dir(tmp_path_factory):
 def _overrides(model_dir: Path, run_dir: Path, mesh: str) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", f"train.max_steps={STEPS}",
             "train.save_every=1", "train.eval_every=0", "train.eval_samples=0", "data.n_eval=4",
-            "rollout.num_generations=4", "grpo.prompts_per_step=8", "rollout.max_new_tokens=12", "adapter.rank=8",
+            "rollout.num_samples=4", "grpo.prompts_per_step=8", "rollout.max_new_tokens=12", "adapter.r=8",
             # eps=1: Adam's update stays nearly linear in the gradient (with eps=1e-8 its first steps are
             # g/|g|, which turns rounding-level differences of near-zero gradients into O(lr) ones)
             "optim.lr=0.05", "optim.eps=1.0", "train.plot=false",

@@ -15,7 +15,7 @@ from test_checkpoint import _assert_same, _train_arrays
 
 
 def _cfg(run_dir, *extra):
-    return load_config(None, [f"train.run_dir={run_dir}", "adapter.rank=8", *extra])
+    return load_config(None, [f"train.run_dir={run_dir}", "adapter.r=8", *extra])
 
 
 def _fake_checkpoint(run_dir, step=3):
@@ -49,8 +49,8 @@ def test_resume_under_a_changed_config_is_refused_and_keeps_the_saved_config(tmp
     open_run_dir(_cfg(run)).release()
     saved = (run / "config.yaml").read_text()
     _fake_checkpoint(run)
-    with pytest.raises(RunDirError, match=r"adapter\.alpha: 128\.0 -> 64\.0\n  adapter\.rank: 8 -> 4"):
-        open_run_dir(_cfg(run, "adapter.rank=4", "adapter.alpha=64"))
+    with pytest.raises(RunDirError, match=r"adapter\.alpha: 128\.0 -> 64\.0\n  adapter\.r: 8 -> 4"):
+        open_run_dir(_cfg(run, "adapter.r=4", "adapter.alpha=64"))
     with pytest.raises(RunDirError, match=r"model\.source"):
         open_run_dir(_cfg(run, "model.source=qwen2.5-1.5b-instruct"))
     assert (run / "config.yaml").read_text() == saved

@@ -57,7 +57,7 @@ def test_prompt_tokens_carry_no_loss_on_a_real_chat_template(tok):
 def _sft_overrides(model_dir, run_dir, steps=5, eval_every=3) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", f"train.max_steps={steps}",
             "train.save_every=1", f"train.eval_every={eval_every}", "data.n_eval=2", "data.n_train=40", "rollout.max_new_tokens=8",
-            "sft.batch_size=4", "sft.micro_batch_size=2", "optim.lr=1e-3", "adapter.rank=4", "train.plot=false",
+            "sft.batch_size=4", "sft.micro_batch_size=2", "optim.lr=1e-3", "adapter.r=4", "train.plot=false",
             "train.tensorboard=false", "train.time_limit_minutes=null"]
 
 
@@ -113,7 +113,7 @@ def test_init_from_restores_the_weights_stage_one_saved(tiny_chat_model_dir, tmp
     trainer.train(cfg1, console=lambda s: None)
     base = load_model(str(tiny_chat_model_dir))
     # What stage 1 saved, read back independently of init_from.
-    ad = trainer.build_adapter(cfg1, base.config, base.params)
+    ad = trainer.adapters.build(cfg1.adapter, base.config, base.params)
     state = trainer.init_state(base.config, base.params, trainer.optim.build_optimizer(cfg1.optim, 2),
                                jax.random.key(0), adapter=ad)
     ck = checkpoint.Checkpointer(stage1 / "checkpoints", keep_last=2, best_metric="eval/greedy_accuracy")

@@ -20,8 +20,8 @@ _TIMING = ("time/", "throughput/")
 
 def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", "train.max_steps=5", "train.save_every=1",
-            "train.eval_every=2", "data.n_eval=4", "train.eval_samples=2", "rollout.num_generations=4",
-            "grpo.prompts_per_step=2", "grpo.micro_batch_size=4", "rollout.max_new_tokens=12", "adapter.rank=8",
+            "train.eval_every=2", "data.n_eval=4", "train.eval_samples=2", "rollout.num_samples=4",
+            "grpo.prompts_per_step=2", "grpo.micro_batch_size=4", "rollout.max_new_tokens=12", "adapter.r=8",
             "optim.lr=0.05",
             "train.plot=false", "train.tensorboard=false",
             # random text has varied character lengths, so cosine rewards differ: parameters move
@@ -102,10 +102,10 @@ def test_killed_run_resumes_to_identical_metrics(tiny_chat_model_dir, tmp_path):
 
 
 def test_unknown_key_fails_before_loading_anything(tmp_path):
-    p = _start(["grpo.aggregaton=seq_sum_const"])
+    p = _start(["grpo.loss.aggregaton=seq_sum_const"])
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2
-    assert "unknown config key 'grpo.aggregaton'; did you mean 'aggregation'" in out
+    assert "unknown config key 'grpo.loss.aggregaton'; did you mean 'aggregation'" in out
 
 
 def test_run_ends_cleanly_when_the_data_runs_out(tiny_chat_model_dir, tmp_path):

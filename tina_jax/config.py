@@ -1,8 +1,19 @@
 """Run configuration: YAML recipes validated into typed, frozen dataclasses.
 
+The run config is composed of the library's own configs (levanter's rule): ``rollout`` *is* a
+``tina_jax.sampling.SamplingConfig``, ``adapter`` *is* a ``tina_jax.adapters.AdapterConfig``, and ``grpo``
+(with ``grpo.loss``) is generated from the fields of ``tina_jax.rl.GrpoConfig`` (``LossConfig``), less the
+fields the run derives from other sections (``group_size`` = ``rollout.num_samples``,
+``loss.max_completion_length`` = ``rollout.max_new_tokens``). Each value is validated once, by the dataclass
+that defines it; this module turns those errors into one-line ``ConfigError``s naming the YAML key, validates
+its own sections (model, data, optim, train, ...) and keeps the rules that join sections (a mini-batch holds
+whole groups, truncated importance sampling needs untruncated sampling, ...). ``grpo_config`` and
+``sampling_config`` build what the trainer runs with.
+
 Every key is checked: an unknown or misspelt key is an error naming the nearest valid key (Tina's
-Dr.GRPO ablation silently ran plain GRPO because ``scale_reward`` was not ``scale_rewards``). Wrong
-types and impossible values are errors before anything is compiled.
+Dr.GRPO ablation silently ran plain GRPO because ``scale_reward`` was not ``scale_rewards``), and a key
+renamed by the composition (``adapter.rank`` -> ``adapter.r``, see ``RENAMED``) names its new spelling.
+Wrong types and impossible values are errors before anything is compiled.
 
     cfg = load_config("configs/smollm2_arith_cpu.yaml", overrides=["optim.lr=2e-5", "train.max_steps=10"])
 """
@@ -19,6 +30,12 @@ from typing import Any, Literal
 
 import yaml
 
+from tina_jax.adapters.core import AdapterConfig
+from tina_jax.rl.grpo import GrpoConfig
+from tina_jax.rl.losses import LossConfig
+from tina_jax.sampling import SamplingConfig
+from tina_jax.validation import FieldError
+
 
 class ConfigError(ValueError):
     """A configuration key, type or value is wrong; the message says where and how to fix it."""
@@ -33,23 +50,6 @@ class ModelSection:
     dtype: str | None = None  # parameter dtype; None: float32 on CPU, bfloat16 on GPU/TPU
     compute_dtype: str | None = None  # None: same as dtype
     remat: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class AdapterSection:
-    kind: Literal["lora", "lora_xs", "tinylora", "none"] = "lora"  # none = full-parameter training
-    rank: int = 32
-    alpha: float = 128.0
-    dropout: float = 0.0
-    use_rslora: bool = False
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    u: int = 1  # TinyLoRA: trainable values per tie group
-    n_tie: int = 1  # TinyLoRA: modules sharing one v
-    tie_mode: Literal["tiled", "structured"] = "tiled"
-    # TinyLoRA's random P: shared_by_min_dim (the authors' code: reseeding before each module's SVD gives
-    # modules with the same smaller kernel dimension the same P), per_module (the paper's text) or shared
-    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
-    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,42 +78,38 @@ class RewardSpec:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
-class RolloutSection:
-    num_generations: int = 8  # G
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
-    # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
-    adapter_decoding: Literal["merged", "factored"] = "merged"
+def _section(lib: type, name: str, doc: str, *, derived: dict[str, str], retype: dict[str, tuple] = {},
+             own: tuple = ()) -> type:
+    """A section generated from the fields (names, types, defaults) of the library dataclass ``lib``, less the
+    ``derived`` ones (field -> the key that sets it), with ``retype`` (field -> (type, default)) and the run's
+    ``own`` fields first. ``lib`` checks the values when ``grpo_config`` builds it (at load time too)."""
+    hints = typing.get_type_hints(lib)
+    fields = list(own)
+    for f in dataclasses.fields(lib):
+        if f.name not in derived:
+            tp, default = retype.get(f.name, (hints[f.name], f.default))
+            fields.append((f.name, tp, dataclasses.field(default=default)))
+    cls = dataclasses.make_dataclass(name, fields, frozen=True, namespace={"__doc__": doc})
+    cls.__module__, cls.library, cls.derived = __name__, lib, derived
+    return cls
 
 
-@dataclasses.dataclass(frozen=True)
-class GrpoSection:
-    prompts_per_step: int = 8
-    advantage: Literal["grpo", "drgrpo", "rloo"] = "grpo"
-    adv_eps: float = 1e-4
-    # token_mean: one token mean over the optimizer step (DAPO); microbatch_token_mean: token mean within
-    # each block of aggregation_rows rows, mean over blocks (Open-RS's TRL, later "bnpo"); seq_mean_token_mean:
-    # mean over sequences of each one's token mean (Tina's TRL 0.15.2); seq_sum_const: sum / (B x L) (Dr.GRPO)
-    aggregation: Literal["token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const"] = "token_mean"
-    aggregation_rows: int | None = None  # microbatch_token_mean's block (rows); None = rollout.num_generations
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
-    beta: float = 0.0
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    tis_cap: float | None = None
-    dual_clip: float | None = None  # dual-clip PPO c (> 1): for A < 0 the ratio is capped at c (verl: 3)
-    num_iterations: int = 1  # optimizer passes over each rollout batch
-    mini_batches: int = 1  # optimizer steps per pass (the rollout batch split in this many)
-    micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: whole mini-batch)
-    logprob_chunk: int = 64  # sequence chunk for the lm_head/log-softmax (no [B, T, V] logits)
-    share_prompts: bool = True  # run each prompt once for its G completions (same result, fewer FLOPs)
-    # Policy/reference/old logprobs use log_softmax(logits / T) with T this number, or "sampling" =
-    # rollout.temperature (verl, TRL >= 0.16). Tina's TRL 0.15.2 and Open-RS's TRL (2025-02-25): 1.0.
-    logprob_temperature: float | Literal["sampling"] = "sampling"
+LossSection = _section(
+    LossConfig, "LossSection", "grpo.loss: the fields of ``tina_jax.rl.LossConfig``; microbatch_rows None = "
+    "rollout.num_samples (one block per group, Open-RS), max_completion_length = rollout.max_new_tokens.",
+    derived={"max_completion_length": "rollout.max_new_tokens"})
+
+GrpoSection = _section(
+    GrpoConfig, "GrpoSection", "grpo: the rollout schedule (prompts_per_step, num_iterations, mini_batches) and "
+    "the fields of ``tina_jax.rl.GrpoConfig`` (one optimizer update), group_size = rollout.num_samples. "
+    "logprob_temperature: a number, or 'sampling' = ``SamplingConfig.scoring_temperature`` of rollout.",
+    derived={"group_size": "rollout.num_samples"},
+    retype={"loss": (LossSection, LossSection()),
+            "logprob_temperature": (float | Literal["sampling"], "sampling"),
+            "share_prompts": (bool, True)},  # run each prompt once for its G completions (same result, fewer FLOPs)
+    own=(("prompts_per_step", int, dataclasses.field(default=8)),  # prompts per rollout (x G completions)
+         ("num_iterations", int, dataclasses.field(default=1)),  # optimizer passes over each rollout batch
+         ("mini_batches", int, dataclasses.field(default=1))))  # optimizer steps per pass (the batch split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,11 +197,11 @@ class MeshSection:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     model: ModelSection = ModelSection()
-    adapter: AdapterSection = AdapterSection()
+    adapter: AdapterConfig = AdapterConfig()  # tina_jax.adapters
     data: DataSection = DataSection()
     rewards: tuple[RewardSpec, ...] = (RewardSpec("accuracy", 1.0),)
-    rollout: RolloutSection = RolloutSection()
-    grpo: GrpoSection = GrpoSection()
+    rollout: SamplingConfig = SamplingConfig(max_new_tokens=48, num_samples=8)  # tina_jax.sampling
+    grpo: GrpoSection = GrpoSection()  # tina_jax.rl.GrpoConfig / LossConfig
     optim: OptimSection = OptimSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
@@ -219,63 +215,88 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------------------
-# Validation of values (beyond types)
+# The library configs the trainer runs with (derived values filled in)
 # ------------------------------------------------------------------------------------------------
 def logprob_temperature(c: RunConfig) -> float:
-    """The T of the trainer's logprobs, log_softmax(logits / T) (``grpo.logprob_temperature``)."""
+    """The T of the trainer's logprobs, log_softmax(logits / T): ``grpo.logprob_temperature``, or for
+    ``sampling`` the rollout's ``SamplingConfig.scoring_temperature`` (the sampling temperature; 1 for greedy)."""
     t = c.grpo.logprob_temperature
-    if t == "sampling":
-        return c.rollout.temperature if c.rollout.temperature > 0 else 1.0
-    return float(t)
+    return c.rollout.scoring_temperature if t == "sampling" else float(t)
 
 
+def _build(lib: type, section: Any, where: str, **derived) -> Any:
+    """``lib`` from the same-named fields of ``section`` and the ``derived`` values; a FieldError becomes a
+    ConfigError naming the YAML key (the key a derived field comes from, for those)."""
+    names = {f.name for f in dataclasses.fields(lib)}
+    kwargs = {k: getattr(section, k) for k in names if k not in derived}
+    try:
+        return lib(**kwargs, **derived)
+    except FieldError as e:
+        key = section.derived.get(e.field, f"{where}.{e.field}")
+        raise ConfigError(f"{key}: {e.detail}" + (f" ({lib.__name__}.{e.field})" if e.field in section.derived
+                                                  else "")) from None
+
+
+def grpo_config(c: RunConfig) -> GrpoConfig:
+    """The ``GrpoConfig`` of one update: the grpo section, group_size = rollout.num_samples, the loss's
+    max_completion_length = rollout.max_new_tokens (and microbatch_rows, when null, = rollout.num_samples),
+    logprob_temperature from ``logprob_temperature``."""
+    g, r = c.grpo, c.rollout
+    rows = g.loss.microbatch_rows
+    if g.loss.aggregation == "microbatch_token_mean" and rows is None:
+        rows = r.num_samples
+    loss = _build(LossConfig, g.loss, "grpo.loss", max_completion_length=r.max_new_tokens, microbatch_rows=rows)
+    return _build(GrpoConfig, g, "grpo", loss=loss, group_size=r.num_samples,
+                  logprob_temperature=logprob_temperature(c))
+
+
+def sampling_config(c: RunConfig, **changes) -> SamplingConfig:
+    """The rollout's ``SamplingConfig`` with the prompt limit of data.max_prompt_length (stop and pad ids, when
+    null, are the tokenizer's: ``tina_jax.sampling.generate``), and ``changes`` (e.g. num_samples=1)."""
+    return c.rollout.replace(max_prompt_length=c.data.max_prompt_length, **changes)
+
+
+def updates_per_rollout(c: RunConfig) -> int:
+    """Optimizer updates after each rollout: grpo.num_iterations passes x grpo.mini_batches."""
+    return c.grpo.num_iterations * c.grpo.mini_batches
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation: this module's sections, and the rules that join sections
+# ------------------------------------------------------------------------------------------------
 def _check_values(c: RunConfig) -> None:
     def req(ok: bool, key: str, msg: str):
         if not ok:
             raise ConfigError(f"{key}: {msg}")
 
-    r, g, o, t, a, d = c.rollout, c.grpo, c.optim, c.train, c.adapter, c.data
-    req(r.num_generations >= 2, "rollout.num_generations",
-        f"must be >= 2 (GRPO compares completions within a group), got {r.num_generations}")
-    req(r.max_new_tokens >= 1, "rollout.max_new_tokens", f"must be >= 1, got {r.max_new_tokens}")
-    req(r.temperature >= 0, "rollout.temperature", f"must be >= 0, got {r.temperature}")
-    req(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    req(r.top_k >= 0, "rollout.top_k", f"must be >= 0 (0 = off), got {r.top_k}")
+    r, g, o, t, d = c.rollout, c.grpo, c.optim, c.train, c.data
+    req(r.max_prompt_length is None, "rollout.max_prompt_length",
+        f"leave it null: the prompt limit is data.max_prompt_length ({d.max_prompt_length})")
     req(g.prompts_per_step >= 1, "grpo.prompts_per_step", f"must be >= 1, got {g.prompts_per_step}")
     req(g.num_iterations >= 1, "grpo.num_iterations", f"must be >= 1, got {g.num_iterations}")
     req(g.mini_batches >= 1, "grpo.mini_batches", f"must be >= 1, got {g.mini_batches}")
-    rows = g.prompts_per_step * r.num_generations
+    rows = g.prompts_per_step * r.num_samples
     req(rows % g.mini_batches == 0, "grpo.mini_batches",
         f"{g.mini_batches} does not divide the {rows} completions of a step")
-    if g.micro_batch_size is not None:
-        mb = rows // g.mini_batches
-        req(g.micro_batch_size >= 1 and mb % g.micro_batch_size == 0, "grpo.micro_batch_size",
-            f"{g.micro_batch_size} must divide the mini-batch of {mb} completions")
+    mb = rows // g.mini_batches
+    req(g.micro_batch_size is None or g.micro_batch_size < 1 or mb % g.micro_batch_size == 0,
+        "grpo.micro_batch_size", f"{g.micro_batch_size} must divide the mini-batch of {mb} completions")
+    gc = grpo_config(c)  # GrpoConfig and LossConfig check their values (rollout.num_samples >= 2, ...)
     if g.share_prompts:
-        req((rows // g.mini_batches) % r.num_generations == 0, "grpo.mini_batches",
-            f"with share_prompts each mini-batch must hold whole groups of {r.num_generations}")
-        req(g.micro_batch_size is None or g.micro_batch_size % r.num_generations == 0, "grpo.micro_batch_size",
-            f"with share_prompts it must be a multiple of rollout.num_generations ({r.num_generations}); "
-            "or set grpo.share_prompts=false")
-    req(g.clip_eps_low >= 0 and g.clip_eps_high >= 0, "grpo.clip_eps_low/high", "must be >= 0")
-    req(g.beta >= 0, "grpo.beta", f"must be >= 0, got {g.beta}")
-    req(g.tis_cap is None or g.tis_cap > 0, "grpo.tis_cap", f"must be > 0 or null, got {g.tis_cap}")
-    req(g.dual_clip is None or g.dual_clip > 1, "grpo.dual_clip", f"must be > 1 or null, got {g.dual_clip}")
-    if g.aggregation == "microbatch_token_mean":
-        blk = g.aggregation_rows or r.num_generations
-        req(blk >= 1 and (rows // g.mini_batches) % blk == 0, "grpo.aggregation_rows",
-            f"{blk} rows per block must divide the mini-batch of {rows // g.mini_batches} completions")
-    req(g.logprob_chunk >= 1, "grpo.logprob_chunk", "must be >= 1")
-    req(g.logprob_temperature == "sampling" or g.logprob_temperature > 0, "grpo.logprob_temperature",
-        f"must be > 0 or 'sampling', got {g.logprob_temperature}")
-    if g.tis_cap is not None:
+        req(mb % r.num_samples == 0, "grpo.mini_batches",
+            f"with share_prompts each mini-batch must hold whole groups of {r.num_samples}")
+    if gc.loss.aggregation == "microbatch_token_mean":
+        blk = gc.loss.microbatch_rows
+        req(mb % blk == 0, "grpo.loss.microbatch_rows",
+            f"{blk} rows per block must divide the mini-batch of {mb} completions")
+    if gc.loss.tis_cap is not None:
         # TIS weighs by trainer / sampler probability of the same token: both must describe one distribution.
-        req(r.top_p >= 1.0 and r.top_k == 0, "grpo.tis_cap",
+        req(r.top_p >= 1.0 and r.top_k == 0, "grpo.loss.tis_cap",
             f"truncated importance sampling compares the trainer's full-softmax logprobs with the sampler's, "
             f"which are those of the top-p/top-k truncated distribution (rollout.top_p={r.top_p}, "
             f"top_k={r.top_k}): every weight would be <= 1. Set rollout.top_p=1.0 and rollout.top_k=0, "
-            "or grpo.tis_cap=null")
-        req(r.temperature > 0 and abs(logprob_temperature(c) - r.temperature) < 1e-12, "grpo.tis_cap",
+            "or grpo.loss.tis_cap=null")
+        req(r.temperature > 0 and abs(gc.logprob_temperature - r.temperature) < 1e-12, "grpo.loss.tis_cap",
             f"truncated importance sampling needs grpo.logprob_temperature equal to the sampling temperature "
             f"({r.temperature}), got {g.logprob_temperature}: set grpo.logprob_temperature=sampling")
     req(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
@@ -295,14 +316,9 @@ def _check_values(c: RunConfig) -> None:
     req(t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1 or null")
     req(t.time_limit_minutes is None or t.time_limit_minutes > 0, "train.time_limit_minutes", "must be > 0 or null")
     req(t.cost_per_device_hour >= 0, "train.cost_per_device_hour", "must be >= 0")
-    req(g.adv_eps >= 0, "grpo.adv_eps", f"must be >= 0, got {g.adv_eps}")
     req(d.n_eval >= 0, "data.n_eval", f"must be >= 0, got {d.n_eval}")
     req(d.n_train is None or d.n_train >= 1, "data.n_train", f"must be >= 1 or null, got {d.n_train}")
     req(t.keep_last >= 1, "train.keep_last", "must be >= 1")
-    req(a.rank >= 1, "adapter.rank", f"must be >= 1, got {a.rank}")
-    req(a.u >= 1, "adapter.u", f"must be >= 1, got {a.u}")
-    req(a.n_tie >= 1, "adapter.n_tie", f"must be >= 1, got {a.n_tie}")
-    req(0 <= a.dropout < 1, "adapter.dropout", f"must be in [0, 1), got {a.dropout}")
     req(d.max_prompt_length >= 1, "data.max_prompt_length", "must be >= 1")
     req(len(c.rewards) >= 1, "rewards", "at least one reward is needed")
     from tina_jax import rewards as rewards_lib
@@ -353,6 +369,33 @@ def _check_eval(e: EvalSection) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Keys renamed when the run config became the library's configs (an error names the new key; a run
+# directory's config.yaml written before is read with them renamed: ``upgrade_keys``)
+# ------------------------------------------------------------------------------------------------
+RENAMED = {
+    "adapter.rank": "adapter.r",
+    "rollout.num_generations": "rollout.num_samples",
+    **{f"grpo.{k}": f"grpo.loss.{k}" for k in ("aggregation", "clip_eps_low", "clip_eps_high", "beta",
+                                                "kl_estimator", "tis_cap", "dual_clip")},
+    "grpo.aggregation_rows": "grpo.loss.microbatch_rows",
+}
+
+
+def upgrade_keys(data: dict) -> dict:
+    """``data`` with the keys of ``RENAMED`` moved to their new names (for configs saved before the rename)."""
+    data = _to_plain(data)
+    for old, new in RENAMED.items():
+        (s_old, k_old), (s_new, k_new) = old.rsplit(".", 1), new.rsplit(".", 1)
+        sec = data.get(s_old)
+        if isinstance(sec, dict) and k_old in sec:
+            node = data
+            for part in s_new.split("."):
+                node = node.setdefault(part, {})
+            node[k_new] = sec.pop(k_old)
+    return data
+
+
+# ------------------------------------------------------------------------------------------------
 # Generic dataclass <- dict conversion with precise errors
 # ------------------------------------------------------------------------------------------------
 def _nearest(key: str, valid: list[str]) -> str:
@@ -360,7 +403,7 @@ def _nearest(key: str, valid: list[str]) -> str:
     return f"did you mean {near[0]!r}? " if near else ""
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _convert(tp: Any, value: Any, where: str, base: Any = None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -382,7 +425,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}; {_nearest(str(value), [str(a) for a in args])}".rstrip("; "))
         return value
     if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where)
+        return _from_dict(tp, value, where, base)
     if origin is tuple:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -424,7 +467,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported type {tp}")
 
 
-def _from_dict(cls, data: Any, where: str):
+def _from_dict(cls, data: Any, where: str, base: Any = None):
+    """``cls`` from a mapping; keys not given keep the values of ``base`` (the enclosing dataclass's default
+    instance: ``RunConfig.rollout``'s max_new_tokens=48 and num_samples=8), else the class defaults."""
     if data is None:
         data = {}
     if dataclasses.is_dataclass(data):
@@ -437,15 +482,32 @@ def _from_dict(cls, data: Any, where: str):
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ConfigError(
-                f"unknown config key {path!r}; {_nearest(str(key), list(fields))}"
-                f"valid keys{' of ' + where if where else ''}: {', '.join(fields)}")
-        kwargs[key] = _convert(hints[key], value, path)
+            if path in RENAMED:
+                raise ConfigError(f"config key {path!r} is now {RENAMED[path]!r} (the run config uses the library's "
+                                  "names; see the README's configuration section)")
+            moved = {old.rsplit(".", 1)[1]: new for old, new in RENAMED.items() if old.rsplit(".", 1)[0] == where}
+            near = difflib.get_close_matches(str(key), list(fields) + list(moved), n=1, cutoff=0.5)
+            hint = f"did you mean {moved.get(near[0], near[0])!r}? " if near else ""
+            raise ConfigError(f"unknown config key {path!r}; {hint}"
+                              f"valid keys{' of ' + where if where else ''}: {', '.join(fields)}")
+        if base is not None:
+            default = getattr(base, key)
+        else:
+            f = fields[key]
+            default = f.default if f.default is not dataclasses.MISSING else None
+        kwargs[key] = _convert(hints[key], value, path, default if dataclasses.is_dataclass(default) else None)
+    if base is not None:
+        kwargs = {**{n: getattr(base, n) for n in fields if fields[n].init}, **kwargs}
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{where or 'config'}: missing required key(s) {missing}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as e:  # a library dataclass rejects a value: name the YAML key
+        raise ConfigError(f"{where + '.' if where else ''}{e.field}: {e.detail}") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _to_plain(obj: Any) -> Any:
@@ -490,17 +552,23 @@ def apply_overrides(data: dict, overrides: list[str], strict: bool = False) -> d
     return data
 
 
-def from_dict(data: dict) -> RunConfig:
-    """Validate a nested dict into a RunConfig (unknown keys, types and values are checked)."""
-    cfg = _from_dict(RunConfig, data, "")
-    _check_values(cfg)
+def from_dict(data: dict, schema: type = None) -> Any:
+    """Validate a nested dict into a RunConfig (unknown keys, types and values are checked), or into another
+    frozen dataclass ``schema`` (its keys and types checked here, its values by its own ``__post_init__``)."""
+    cfg = _from_dict(schema or RunConfig, data, "")
+    if schema in (None, RunConfig):
+        _check_values(cfg)
     return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                strict_overrides: bool = False) -> RunConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply dotted overrides
-    (``strict_overrides``: a key given twice is an error, as on the command line)."""
+                strict_overrides: bool = False, *, schema: type = None, updates: dict | None = None,
+                upgrade: bool = False) -> Any:
+    """Read a YAML recipe (or the defaults when ``path`` is None), set ``updates`` (a command line's typed
+    flags: {key: value}), apply dotted overrides (``strict_overrides``: a key given twice is an error, as on
+    the command line) and validate into a RunConfig, or into ``schema`` (another frozen dataclass, e.g. the
+    settings of ``launch/eval.py``). ``upgrade``: rename the keys of ``RENAMED`` (a run directory's
+    ``config.yaml`` written before the rename) instead of rejecting them."""
     data: dict = {}
     if path is not None:
         p = Path(path)
@@ -509,13 +577,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from e
+            raise ConfigError(f"{p} is not valid YAML: {e}") from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+            raise ConfigError(f"{p}: the top level must be a mapping of " + (
+                "sections" if schema in (None, RunConfig) else "the keys: " + ", ".join(
+                    f.name for f in dataclasses.fields(schema))))
+    data = {**(upgrade_keys(data) if upgrade else data), **(updates or {})}
     try:
-        return from_dict(apply_overrides(data, overrides or [], strict=strict_overrides))
+        return from_dict(apply_overrides(data, overrides or [], strict=strict_overrides), schema)
     except ConfigError as e:
-        raise ConfigError(f"{path or 'config'}: {e}") from None
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -55,11 +55,11 @@ def _per_device_bytes(tree: Any, shardings: Any) -> int:
 def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
     """Per-device memory of the compiled rollout and grpo_step of run config ``cfg`` on ``devices``
     devices (default: all local ones) with the recipe's mesh shape; see the module docstring."""
-    from tina_jax import optim, sharding as shd
+    from tina_jax import adapters, optim, sharding as shd
+    from tina_jax.config import grpo_config, sampling_config
     from tina_jax.models import decoder, load_config
     from tina_jax.rl.grpo import grpo_step, init_state, policy_params
-    from tina_jax.sampling import SamplingConfig, sample_tokens
-    from tina_jax.trainer import build_adapter, grpo_config
+    from tina_jax.sampling import sample_tokens
 
     if mcfg is None:
         mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
@@ -72,14 +72,14 @@ def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
                          f"with XLA_FLAGS=--xla_force_host_platform_device_count={n} (CPU)")
     mesh = shd.make_mesh(cfg.mesh.shape, devices=avail[:n])
     r, g = cfg.rollout, cfg.grpo
-    rows = g.prompts_per_step * r.num_generations
+    rows = g.prompts_per_step * r.num_samples
     mb_rows = rows // g.mini_batches
     p_len, n_new = cfg.data.max_prompt_length, r.max_new_tokens
     tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
 
     def make_state(params):
-        return init_state(mcfg, params, tx, jax.random.key(0), adapter=build_adapter(cfg, mcfg, params),
-                          keep_reference=cfg.adapter.kind == "none" and g.beta > 0)
+        return init_state(mcfg, params, tx, jax.random.key(0), adapter=adapters.build(cfg.adapter, mcfg, params),
+                          keep_reference=cfg.adapter.kind == "none" and g.loss.beta > 0)
 
     state = jax.eval_shape(make_state, decoder.param_shapes(mcfg))
     state_sh = shd.tree_shardings(state, mesh)
@@ -100,9 +100,8 @@ def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
 
     params = jax.eval_shape(policy_params, state)
     params_sh = shd.tree_shardings(params, mesh)
-    sampling = SamplingConfig(max_new_tokens=n_new, temperature=r.temperature or 1.0, top_p=r.top_p, top_k=r.top_k,
-                              num_samples=r.num_generations, stop_token_ids=tuple(mcfg.eos_token_ids) or (0,),
-                              max_prompt_length=p_len)
+    sampling = sampling_config(cfg, temperature=r.temperature or 1.0, adapter_decoding="merged",
+                               stop_token_ids=tuple(mcfg.eos_token_ids) or (0,))
     prompts = g.prompts_per_step
     pi = jax.ShapeDtypeStruct((prompts, p_len), jnp.int32,
                               sharding=shd.batch_sharding(mesh, 2) if prompts % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0

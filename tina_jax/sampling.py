@@ -55,8 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -67,6 +65,7 @@ import numpy as np
 from tina_jax.models import decoder
 from tina_jax.models.config import ModelConfig, as_dtype
 from tina_jax.models.linear import base_kernel, dense, is_container, materialize
+from tina_jax.validation import FieldError, is_int, is_real
 
 __all__ = [
     "SamplingConfig",
@@ -126,40 +125,45 @@ class SamplingConfig:
     adapter_decoding: str = "merged"
 
     def __post_init__(self):
-        def is_int(x):
-            return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+        def need(ok: bool, field: str, message: str):
+            if not ok:
+                raise FieldError(field, f"{field} {message}, got {getattr(self, field)!r}")
 
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-        def is_real(x):
-            return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-        if not is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if not is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if not is_int(self.num_samples) or self.num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {self.num_samples!r}")
-        if not is_int(self.nucleus_cap) or self.nucleus_cap < 1:
-            raise ValueError(f"nucleus_cap must be an int >= 1, got {self.nucleus_cap!r}")
-        if self.max_prompt_length is not None and (not is_int(self.max_prompt_length) or self.max_prompt_length < 1):
-            raise ValueError(f"max_prompt_length must be None or an int >= 1, got {self.max_prompt_length!r}")
+        need(is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens", "must be an int >= 1")
+        need(is_real(self.temperature) and self.temperature >= 0, "temperature",
+             "must be a finite number >= 0 (0 = greedy)")
+        need(is_real(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1] (1 = off)")
+        need(is_int(self.top_k) and self.top_k >= 0, "top_k", "must be an int >= 0 (0 = off)")
+        need(is_int(self.num_samples) and self.num_samples >= 1, "num_samples", "must be an int >= 1")
+        need(is_int(self.nucleus_cap) and self.nucleus_cap >= 1, "nucleus_cap", "must be an int >= 1")
+        need(self.max_prompt_length is None or (is_int(self.max_prompt_length) and self.max_prompt_length >= 1),
+             "max_prompt_length", "must be None or an int >= 1")
+        need(self.pad_token_id is None or (is_int(self.pad_token_id) and self.pad_token_id >= 0), "pad_token_id",
+             "must be None or a token id >= 0")
         if self.cache_dtype is not None:
-            as_dtype(self.cache_dtype)
-        if self.adapter_decoding not in ("merged", "factored"):
-            raise ValueError(f"adapter_decoding must be 'merged' or 'factored', got {self.adapter_decoding!r}")
+            try:
+                as_dtype(self.cache_dtype)
+            except ValueError as e:
+                raise FieldError("cache_dtype", f"cache_dtype is invalid: {e}") from None
+        need(self.adapter_decoding in ("merged", "factored"), "adapter_decoding", "must be 'merged' or 'factored'")
         if self.stop_token_ids is not None:
             raw = self.stop_token_ids
             ids = (int(raw),) if isinstance(raw, (int, np.integer)) else tuple(int(t) for t in raw)
             if any(t < 0 for t in ids):
-                raise ValueError(f"stop_token_ids must be non-negative token ids, got {ids}")
+                raise FieldError("stop_token_ids", f"stop_token_ids must be non-negative token ids, got {ids}")
             object.__setattr__(self, "stop_token_ids", ids)
         for name in ("temperature", "top_p"):
             object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("max_new_tokens", "top_k", "num_samples", "nucleus_cap"):
             object.__setattr__(self, name, int(getattr(self, name)))
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The T of the distribution the sampler reports logprobs for, ``log_softmax(logits / T)``: the
+        sampling temperature, and 1 for greedy decoding (T = 0 reports the temperature-1 log-softmax of the
+        argmax; see the module docstring). A trainer that scores its samples "at the sampling temperature"
+        (verl, TRL >= 0.16; the run config's ``grpo.logprob_temperature: sampling``) uses this number."""
+        return self.temperature if self.temperature > 0 else 1.0
 
     def replace(self, **kw) -> "SamplingConfig":
         return dataclasses.replace(self, **kw)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from tina_jax import config as config_lib
-from tina_jax import distributed, optim, sharding
+from tina_jax import adapters, distributed, optim, sharding
 from tina_jax.config import RunConfig
 from tina_jax.rl.grpo import init_state, policy_params
 from tina_jax.rl.sft import SftConfig, make_sft_step, pack_sequences, sft_step
@@ -71,7 +71,7 @@ def _row_multiple(cfg: RunConfig, mesh) -> int:
 
 def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> dict:
     """Run (or resume) supervised fine-tuning as configured; returns the final summary dict."""
-    from tina_jax import checkpoint, runlog, sampling as smp
+    from tina_jax import checkpoint, runlog
     from tina_jax.data import pipeline
     from tina_jax.models import load_model
 
@@ -104,12 +104,10 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
             + (f"; {len(eval_ex)} eval" if eval_ex else ""))
     _, is_correct = tr.correctness_fn(cfg)
 
-    adapter = tr.build_adapter(cfg, mcfg, model.params)
+    adapter = adapters.build(cfg.adapter, mcfg, model.params)
     tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
     state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter)
     if adapter is not None:
-        from tina_jax import adapters
-
         console(adapters.summary(adapter))
     if multi:
         state = distributed.put(state, sharding.tree_shardings(state, mesh))
@@ -139,11 +137,7 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
         writer.truncate_after(start)
         console(f"resumed from {run_dir / 'checkpoints'} at step {start}")
 
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    r = cfg.rollout
-    sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                  top_k=r.top_k, num_samples=1, stop_token_ids=smp.default_stop_token_ids(mcfg, tok),
-                                  pad_token_id=pad_id, max_prompt_length=d.max_prompt_length)
+    sampling = config_lib.sampling_config(cfg, num_samples=1)  # the held-out evaluation's
     eval_root = jax.random.key(cfg.train.seed + 2)
     row_multiple = _row_multiple(cfg, mesh)
 
@@ -258,7 +252,7 @@ def dry_run_sft(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
     shapes = decoder.param_shapes(mcfg)
     state = jax.eval_shape(lambda p: init_state(mcfg, p, tx, jax.random.key(0),
-                                                adapter=tr.build_adapter(cfg, mcfg, p)), shapes)
+                                                adapter=adapters.build(cfg.adapter, mcfg, p)), shapes)
     s = cfg.sft
     rows = -(-s.batch_size // (s.micro_batch_size or 1)) * (s.micro_batch_size or 1)
     i32 = jax.ShapeDtypeStruct((rows, s.max_length), np.int32)

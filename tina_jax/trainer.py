@@ -25,12 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tina_jax import adapters, distributed, optim, sharding
 from tina_jax import config as config_lib
-from tina_jax import distributed, optim, sharding
-from tina_jax.config import RunConfig
+from tina_jax.config import RunConfig, grpo_config, updates_per_rollout
 from tina_jax.rl import advantages as adv_lib
-from tina_jax.rl.grpo import GrpoConfig, TrainState, init_state, make_grpo_step, make_logprob_fn, policy_params
-from tina_jax.rl.losses import LossConfig
+from tina_jax.rl.grpo import TrainState, init_state, make_grpo_step, make_logprob_fn, policy_params
 
 log = logging.getLogger("tina_jax.trainer")
 
@@ -113,7 +112,7 @@ def data_step_limit(cfg: RunConfig, loader) -> int | None:
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
     from tina_jax import rewards
 
-    return rewards.build(cfg.rewards, tokenizer, group_size=cfg.rollout.num_generations)
+    return rewards.build(cfg.rewards, tokenizer, group_size=cfg.rollout.num_samples)
 
 
 def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:
@@ -128,37 +127,6 @@ def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:
             return spec.name, lambda c, **f: [bool(v >= thr) for v in fn(c, **f)]
     fn = rewards.get_reward("accuracy")
     return "accuracy", lambda c, **f: [bool(v >= 1.0) for v in fn(c, **f)]
-
-
-def build_adapter(cfg: RunConfig, model_cfg, params):
-    a = cfg.adapter
-    if a.kind == "none":
-        return None
-    from tina_jax import adapters
-
-    hp: dict[str, Any] = dict(r=a.rank, alpha=a.alpha, use_rslora=a.use_rslora)
-    if a.kind == "lora":
-        hp["dropout"] = a.dropout
-    if a.kind == "tinylora":
-        hp.update(u=a.u, n_tie=a.n_tie, tie_mode=a.tie_mode, projections=a.projections)
-    return adapters.init(a.kind, model_cfg, params, jax.random.key(a.seed), target_modules=a.target_modules, **hp)
-
-
-def grpo_config(cfg: RunConfig) -> GrpoConfig:
-    g, r = cfg.grpo, cfg.rollout
-    loss = LossConfig(aggregation=g.aggregation, clip_eps_low=g.clip_eps_low, clip_eps_high=g.clip_eps_high,
-                      beta=g.beta, kl_estimator=g.kl_estimator, tis_cap=g.tis_cap, dual_clip=g.dual_clip,
-                      max_completion_length=r.max_new_tokens,
-                      microbatch_rows=(g.aggregation_rows or r.num_generations)
-                      if g.aggregation == "microbatch_token_mean" else None)
-    return GrpoConfig(loss=loss, micro_batch_size=g.micro_batch_size, logprob_chunk=g.logprob_chunk,
-                      logprob_temperature=config_lib.logprob_temperature(cfg), group_size=r.num_generations,
-                      share_prompts=g.share_prompts)
-
-
-def updates_per_rollout(cfg: RunConfig) -> int:
-    """Optimizer updates after each rollout: grpo.num_iterations passes x grpo.mini_batches."""
-    return cfg.grpo.num_iterations * cfg.grpo.mini_batches
 
 
 def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:
@@ -263,7 +231,7 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise TrainingError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = config_lib.load_config(run_dir / "config.yaml")
+    cfg = config_lib.load_config(run_dir / "config.yaml", upgrade=True)  # also one saved before the key renames
     ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
                                  best_metric="eval/greedy_accuracy")
     try:
@@ -283,7 +251,7 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
                 raise TrainingError(f"{run_dir}: no checkpoint at step {step}; saved steps: {steps}")
         model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
         model = apply_init_from(cfg, model, console)
-        adapter = build_adapter(cfg, model.config, model.params)
+        adapter = adapters.build(cfg.adapter, model.config, model.params)
         state = init_state(model.config, model.params, optim.build_optimizer(cfg.optim, cfg.train.max_steps),
                            jax.random.key(cfg.train.seed), adapter=adapter)
         arrays, _ = ckpt.restore(step, like=_checkpoint_arrays(state))
@@ -370,7 +338,7 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
 
 def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) -> dict:
-    from tina_jax import checkpoint, runlog, sampling as smp
+    from tina_jax import checkpoint, runlog
     from tina_jax.models import load_model
 
     t_start = time.time()
@@ -380,7 +348,7 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
         console = lambda *a, **k: None  # noqa: E731
 
     mesh = sharding.make_mesh(cfg.mesh.shape)
-    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_samples
     sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
     multi = mesh.size > 1 or jax.process_count() > 1
 
@@ -402,13 +370,11 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
     reward_fn = build_rewards(cfg, tok)
     correct_name, is_correct = correctness_fn(cfg)
 
-    adapter = build_adapter(cfg, mcfg, model.params)
+    adapter = adapters.build(cfg.adapter, mcfg, model.params)
     tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
-                       keep_reference=adapter is None and cfg.grpo.beta > 0)
+                       keep_reference=adapter is None and cfg.grpo.loss.beta > 0)
     if adapter is not None:
-        from tina_jax import adapters
-
         console(adapters.summary(adapter))
     if multi:
         state = distributed.put(state, sharding.tree_shardings(state, mesh))
@@ -438,13 +404,8 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
         writer.truncate_after(start)
         console(f"resumed from {run_dir / 'checkpoints'} at step {start}")
 
-    stop_ids = smp.default_stop_token_ids(mcfg, tok)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     r = cfg.rollout
-    sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                  top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
-                                  pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length,
-                                  adapter_decoding=r.adapter_decoding)
+    sampling = config_lib.sampling_config(cfg)  # stop and pad ids: the tokenizer's (sampling.generate)
     sample_root = jax.random.key(cfg.train.seed + 1)
     eval_root = jax.random.key(cfg.train.seed + 2)
 
@@ -488,13 +449,13 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
             batch, texts = gen.batch(), gen.texts
             lens, truncated = np.asarray(gen.lengths), np.asarray(gen.truncated)
             t_sample = time.time() - t0
-            fields = _field_lists(examples, r.num_generations)
+            fields = _field_lists(examples, r.num_samples)
             rewards, per_reward = distributed.score_split(  # each process scores its own prompt groups
                 lambda texts, completion_lengths, **f: reward_fn(list(texts), completion_lengths=list(completion_lengths), **f),
-                len(examples), r.num_generations, texts=texts, completion_lengths=[int(x) for x in lens], **fields)
+                len(examples), r.num_samples, texts=texts, completion_lengths=[int(x) for x in lens], **fields)
             rewards = np.asarray(rewards, np.float32)
             t_reward = time.time() - t0 - t_sample
-            batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_generations,
+            batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_samples,
                                                              cfg.grpo.advantage, cfg.grpo.adv_eps)
             batch = trim_padding(batch)
             place = ((lambda b: {k: distributed.place(np.asarray(v), sharding.batch_sharding(mesh, np.ndim(v)))
@@ -522,9 +483,9 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
             tokens = int(lens.sum())
             metrics = {
                 "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
-                "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_generations)),
+                "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_samples)),
                 "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
-                    jnp.asarray(rewards), r.num_generations)),
+                    jnp.asarray(rewards), r.num_samples)),
                 **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
                 "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
                 **m, "lr": float(np.mean([schedule(first_update + j) for j in range(k_updates)])),
@@ -534,7 +495,7 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
             }
             if correct_name in per_reward:
                 metrics["reward/accuracy"] = float(np.mean(distributed.score_split(
-                    lambda texts, **f: is_correct(list(texts), **f), len(examples), r.num_generations,
+                    lambda texts, **f: is_correct(list(texts), **f), len(examples), r.num_samples,
                     texts=texts, **fields)))
             # End-of-run hook: step == last_step is the last step of the run (train.max_steps, or the end of
             # the data); the final held-out evaluation runs there, and its metrics go into the final checkpoint.
@@ -547,7 +508,7 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
             last_metrics = metrics
             if primary and t.sample_every and step % t.sample_every == 0:
                 with open(run_dir / "samples.log", "a") as f:
-                    f.write(runlog.format_samples(step, [examples[i // r.num_generations]["prompt_text"]
+                    f.write(runlog.format_samples(step, [examples[i // r.num_samples]["prompt_text"]
                                                          for i in range(len(texts))], texts, rewards.tolist()))
             out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
             halt = distributed.any_process(stopper.signal is not None or out_of_time)  # all processes stop together
@@ -655,7 +616,7 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
         n = int(np.prod([m for m in cfg.mesh.shape if m > 0]))
         raise ValueError(f"{e} (to dry-run a larger mesh on a CPU, start the process with "
                          f"XLA_FLAGS=--xla_force_host_platform_device_count={n})") from None
-    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_generations
+    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_samples
     sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
     console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
             f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
@@ -725,16 +686,16 @@ def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan:
 
     # Shapes of the whole step, no allocation.
     r, g = cfg.rollout, cfg.grpo
-    rows = g.prompts_per_step * r.num_generations
+    rows = g.prompts_per_step * r.num_samples
     mb_rows = rows // g.mini_batches
     p_len = cfg.data.max_prompt_length
     tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
     shapes = decoder.param_shapes(mcfg)
 
     def make_state(params):
-        adapter = build_adapter(cfg, mcfg, params)
+        adapter = adapters.build(cfg.adapter, mcfg, params)
         return init_state(mcfg, params, tx, jax.random.key(0), adapter=adapter,
-                          keep_reference=adapter is None and g.beta > 0)
+                          keep_reference=adapter is None and g.loss.beta > 0)
 
     state = jax.eval_shape(make_state, shapes)
     i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +41,7 @@ from tina_jax.adapters import lora as _lora
 from tina_jax.adapters import svd as _svd
 from tina_jax.models.config import ModelConfig
 from tina_jax.models.linear import is_container, materialize_tree
+from tina_jax.validation import FieldError, is_int, is_real
 
 KINDS = ("lora", "lora_xs", "tinylora")
 KERNELS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -96,6 +97,72 @@ class Adapter:
     spec: AdapterSpec = struct.field(pytree_node=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class AdapterConfig:
+    """Which adapter to train and its hyper-parameters (the run config's ``adapter`` section).
+
+    ``build(cfg, model_config, params, rng)`` makes the ``Adapter`` (``None`` for ``kind="none"``: full-parameter
+    training). Every value is checked here, once; ``make_spec`` adds the checks that need the model (rank
+    against the kernel shapes). Fields a kind does not use are ignored by it (``hparams`` picks the kind's).
+
+    kind: lora | lora_xs | tinylora | none. r: rank. alpha: scale = alpha / r (alpha / sqrt(r) with
+    use_rslora); None = r (scale 1, LoRA-XS). dropout: LoRA input dropout (training only). target_modules:
+    fnmatch patterns over the kernel names (``resolve_targets``). u, n_tie, tie_mode, projections: TinyLoRA
+    (``svd.py``). init_std: the SVD kinds' trainable init N(0, init_std^2). seed: the adapter's init key.
+    The defaults are those of the run config (LoRA r=32 alpha=128 on all 7 projections, no dropout), not the
+    per-kind defaults of ``init``.
+    """
+
+    kind: Literal["lora", "lora_xs", "tinylora", "none"] = "lora"
+    r: int = 32
+    alpha: float | None = 128.0
+    dropout: float = 0.0
+    use_rslora: bool = False
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    u: int = 1
+    n_tie: int = 1
+    tie_mode: Literal["tiled", "structured"] = "tiled"
+    projections: Literal["shared_by_min_dim", "per_module", "shared"] = "shared_by_min_dim"
+    init_std: float = 1e-5
+    seed: int = 0
+
+    def __post_init__(self):
+        def need(ok: bool, field: str, message: str):
+            if not ok:
+                raise FieldError(field, f"{message}, got {getattr(self, field)!r}")
+
+        need(self.kind in KINDS + ("none",), "kind", f"unknown adapter kind {self.kind!r}; use one of "
+             f"{KINDS + ('none',)} (none = full-parameter training)")
+        need(is_int(self.r) and self.r >= 1, "r", "rank r must be a positive integer")
+        need(self.alpha is None or is_real(self.alpha), "alpha", "alpha must be a finite number or None (= r)")
+        need(is_real(self.dropout) and 0.0 <= self.dropout < 1.0, "dropout", "LoRA dropout must be in [0, 1)")
+        need(is_int(self.u) and self.u >= 1, "u", "TinyLoRA u (trainable values per tie group) must be an integer >= 1")
+        need(is_int(self.n_tie) and self.n_tie >= 1, "n_tie",
+             "TinyLoRA n_tie (modules sharing one v) must be an integer >= 1")
+        need(self.tie_mode in _svd.TIE_MODES, "tie_mode", f"unknown tie_mode {self.tie_mode!r}; use one of "
+             f"{_svd.TIE_MODES}")
+        need(self.projections in _svd.PROJECTIONS, "projections", f"unknown TinyLoRA projections "
+             f"{self.projections!r}; use one of {_svd.PROJECTIONS}")
+        need(is_real(self.init_std) and self.init_std >= 0, "init_std", "init_std must be >= 0")
+        need(is_int(self.seed), "seed", "seed must be an integer")
+        tm = self.target_modules
+        object.__setattr__(self, "target_modules", (tm,) if isinstance(tm, str) else tuple(tm))
+        resolve_targets(self.target_modules)  # every pattern must match a kernel name
+        if self.alpha is not None:
+            object.__setattr__(self, "alpha", float(self.alpha))
+
+    def hparams(self) -> dict:
+        """The hyper-parameters ``init`` takes for this kind (``target_modules`` and ``seed`` apart)."""
+        hp: dict[str, Any] = dict(r=self.r, alpha=self.alpha, use_rslora=self.use_rslora)
+        if self.kind == "lora":
+            hp["dropout"] = self.dropout
+        if self.kind in ("lora_xs", "tinylora"):
+            hp["init_std"] = self.init_std
+        if self.kind == "tinylora":
+            hp.update(u=self.u, n_tie=self.n_tie, tie_mode=self.tie_mode, projections=self.projections)
+        return hp
+
+
 # ----------------------------------------------------------------------------------------------
 # Spec construction and validation (config only, no arrays)
 # ----------------------------------------------------------------------------------------------
@@ -110,15 +177,15 @@ def resolve_targets(target_modules: str | Sequence[str], available: Sequence[str
     pattern matches nothing."""
     pats = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not pats:
-        raise ValueError(f"target_modules is empty; name at least one of {list(available)}")
+        raise FieldError("target_modules", f"target_modules is empty; name at least one of {list(available)}")
     chosen = set()
     for pat in pats:
         if not isinstance(pat, str):
-            raise ValueError(f"target_modules entries must be strings (fnmatch patterns), got {pat!r}")
+            raise FieldError("target_modules", f"target_modules entries must be strings (fnmatch patterns), got {pat!r}")
         hit = [k for k in available if fnmatch.fnmatchcase(k, pat)]
         if not hit:
-            raise ValueError(
-                f"target_modules pattern {pat!r} matches no module; patterns are fnmatch patterns over "
+            raise FieldError(
+                "target_modules", f"target_modules pattern {pat!r} matches no module; patterns are fnmatch patterns over "
                 f"the kernel names {list(available)} (e.g. 'q_proj', '*_proj', '[qkv]_proj')")
         chosen.update(hit)
     return tuple(k for k in available if k in chosen)
@@ -135,39 +202,32 @@ def make_spec(kind: str, config: ModelConfig, target_modules: str | Sequence[str
         raise ValueError(f"unknown hyper-parameter(s) {unknown} for adapter kind {kind!r}; "
                          f"accepted: {sorted(defaults)}")
     hp = {**defaults, **hparams}
-    r = hp["r"]
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"rank r must be a positive integer, got {r!r}")
-    alpha = float(r if hp.get("alpha") is None else hp["alpha"])
+    cfg = AdapterConfig(kind=kind, target_modules=target_modules, **hp)  # checks every value
+    r = cfg.r
+    alpha = float(r if cfg.alpha is None else cfg.alpha)
     shapes_all = _kernel_shapes(config)
-    targets = resolve_targets(target_modules)
+    targets = resolve_targets(cfg.target_modules)
     shapes = tuple(shapes_all[t] for t in targets)
     for t, (din, dout) in zip(targets, shapes):
         if r > min(din, dout):
-            raise ValueError(f"rank r={r} exceeds min(in, out) = {min(din, dout)} of {t} [{din}, {dout}]; "
+            raise FieldError("r", f"rank r={r} exceeds min(in, out) = {min(din, dout)} of {t} [{din}, {dout}]; "
                              f"choose r <= {min(din, dout)} or drop {t} from target_modules")
     kw = dict(kind=kind, targets=targets, shapes=shapes, num_layers=config.num_layers, r=r, alpha=alpha,
-              use_rslora=bool(hp["use_rslora"]))
+              use_rslora=bool(cfg.use_rslora))
     if kind == "lora":
-        p = float(hp["dropout"])
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {hp['dropout']!r}")
-        kw["dropout"] = p
+        kw["dropout"] = float(cfg.dropout)
     if kind == "tinylora":
-        u, n_tie, mode = hp["u"], hp["n_tie"], hp["tie_mode"]
-        if not isinstance(u, int) or isinstance(u, bool) or u < 1:
-            raise ValueError(f"TinyLoRA u (trainable values per tie group) must be an integer >= 1, got {u!r}")
-        if not isinstance(n_tie, int) or isinstance(n_tie, bool) or n_tie < 1:
-            raise ValueError(f"TinyLoRA n_tie (modules sharing one v) must be an integer >= 1, got {n_tie!r}")
-        if mode not in _svd.TIE_MODES:
-            raise ValueError(f"unknown tie_mode {mode!r}; use one of {_svd.TIE_MODES}")
-        if hp["projections"] not in _svd.PROJECTIONS:
-            raise ValueError(f"unknown TinyLoRA projections {hp['projections']!r}; use one of {_svd.PROJECTIONS}")
-        kw.update(u=u, n_tie=n_tie, tie_mode=mode, projections=hp["projections"])
-    init_std = float(hp.get("init_std", 0.0))
-    if init_std < 0:
-        raise ValueError(f"init_std must be >= 0, got {init_std}")
-    return AdapterSpec(**kw), {"init_std": init_std}
+        kw.update(u=cfg.u, n_tie=cfg.n_tie, tie_mode=cfg.tie_mode, projections=cfg.projections)
+    return AdapterSpec(**kw), {"init_std": float(cfg.init_std) if "init_std" in hp else 0.0}
+
+
+def build(cfg: AdapterConfig, config: ModelConfig, params: Any, rng: jax.Array | None = None) -> Adapter | None:
+    """The adapter an ``AdapterConfig`` describes, for ``params``; ``None`` for ``kind="none"`` (full-parameter
+    training). ``rng`` defaults to ``jax.random.key(cfg.seed)``."""
+    if cfg.kind == "none":
+        return None
+    rng = jax.random.key(cfg.seed) if rng is None else rng
+    return init(cfg.kind, config, params, rng, target_modules=cfg.target_modules, **cfg.hparams())
 
 
 def count_trainable(kind: str, config: ModelConfig, target_modules: str | Sequence[str] = DEFAULT_TARGETS,

@@ -39,6 +39,7 @@ from tina_jax.models.config import ModelConfig
 from tina_jax.models.linear import materialize
 from tina_jax.rl import advantages as adv_lib
 from tina_jax.rl import losses as loss_lib
+from tina_jax.validation import FieldError, is_int, is_real
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,23 +57,31 @@ class GrpoConfig:
     logprob_chunk: int = 64  # sequence positions per lm_head chunk
     # Policy, reference and old logprobs are log_softmax(logits / logprob_temperature). verl divides by
     # the sampling temperature (so does TRL >= 0.16); the TRL versions Tina (0.15.2) and Open-RS
-    # (2025-02-25) ran score at 1.0 although they sample at 0.7. The trainer sets it from
-    # grpo.logprob_temperature.
+    # (2025-02-25) ran score at 1.0 although they sample at 0.7. The run config's grpo.logprob_temperature
+    # (``sampling``: ``SamplingConfig.scoring_temperature``) sets it (``tina_jax.config.grpo_config``).
     logprob_temperature: float = 1.0
 
     def __post_init__(self):
-        if not self.logprob_temperature > 0:
-            raise ValueError(f"logprob_temperature must be > 0, got {self.logprob_temperature}")
-        if self.group_size is not None and self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2, got {self.group_size}")
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        def need(ok: bool, field: str, message: str):
+            if not ok:
+                raise FieldError(field, f"{field} {message}, got {getattr(self, field)!r}")
+
+        need(isinstance(self.loss, loss_lib.LossConfig), "loss", "must be a LossConfig")
+        need(self.group_size is None or (is_int(self.group_size) and self.group_size >= 2), "group_size",
+             "must be >= 2 (GRPO compares the completions of a group)")
+        need(self.advantage in adv_lib.ADVANTAGE_MODES, "advantage", f"must be one of {adv_lib.ADVANTAGE_MODES}")
+        need(is_real(self.adv_eps) and self.adv_eps >= 0, "adv_eps", "must be >= 0 (a finite number)")
+        need(self.micro_batch_size is None or (is_int(self.micro_batch_size) and self.micro_batch_size >= 1),
+             "micro_batch_size", "must be >= 1 or None")
+        need(is_int(self.logprob_chunk) and self.logprob_chunk >= 1, "logprob_chunk", "must be >= 1")
+        need(is_real(self.logprob_temperature) and self.logprob_temperature > 0, "logprob_temperature",
+             "must be > 0")
         if self.share_prompts:
-            if self.group_size is None:
-                raise ValueError("share_prompts needs group_size (the G completions that share a prompt)")
-            if self.micro_batch_size is not None and self.micro_batch_size % self.group_size:
-                raise ValueError(f"share_prompts: micro_batch_size {self.micro_batch_size} must hold whole "
-                                 f"groups of {self.group_size}")
+            need(self.group_size is not None, "group_size",
+                 "is needed by share_prompts (the G completions that share a prompt)")
+            need(self.micro_batch_size is None or self.micro_batch_size % self.group_size == 0, "micro_batch_size",
+                 f"must hold whole groups with share_prompts: a multiple of group_size ({self.group_size}), or set "
+                 "share_prompts=False")
 
 
 @struct.dataclass

@@ -35,6 +35,8 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 
+from tina_jax.validation import FieldError, is_int, is_real
+
 Aggregation = Literal["token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const"]
 AGGREGATIONS: tuple[str, ...] = ("token_mean", "microbatch_token_mean", "seq_mean_token_mean", "seq_sum_const")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k3")
@@ -97,41 +99,30 @@ class LossConfig:
     dual_clip: float | None = None
 
     def __post_init__(self):
+        def need(ok: bool, field: str, message: str):
+            if not ok:
+                raise FieldError(field, f"{field} {message}, got {getattr(self, field)!r}")
+
         if self.aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}"
-            )
-        if not 0.0 <= self.clip_eps_low <= 1.0:
-            raise ValueError(
-                f"clip_eps_low must be in [0, 1] (ratio floor 1 - eps), got {self.clip_eps_low}"
-            )
-        if not self.clip_eps_high >= 0.0:
-            raise ValueError(f"clip_eps_high must be >= 0, got {self.clip_eps_high}")
-        if not self.beta >= 0.0:
-            raise ValueError(f"beta (KL coefficient) must be >= 0, got {self.beta}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(
-                f"unknown kl_estimator {self.kl_estimator!r}; expected one of {KL_ESTIMATORS}"
-            )
-        if self.tis_cap is not None and not self.tis_cap > 0:
-            raise ValueError(
-                f"tis_cap must be > 0 or None (truncated importance sampling off), got {self.tis_cap}"
-            )
+            raise FieldError("aggregation", f"unknown aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+        need(is_real(self.clip_eps_low) and 0.0 <= self.clip_eps_low <= 1.0, "clip_eps_low",
+             "must be in [0, 1] (ratio floor 1 - eps)")
+        need(is_real(self.clip_eps_high, finite=False) and self.clip_eps_high >= 0.0, "clip_eps_high",
+             "must be >= 0 (inf = no upper clip)")
+        need(is_real(self.beta) and self.beta >= 0.0, "beta", "(KL coefficient) must be >= 0")
+        need(self.kl_estimator in KL_ESTIMATORS, "kl_estimator", f"must be one of {KL_ESTIMATORS}")
+        need(self.tis_cap is None or (is_real(self.tis_cap) and self.tis_cap > 0), "tis_cap",
+             "must be > 0 or None (truncated importance sampling off)")
         mcl = self.max_completion_length
-        if mcl is not None and (isinstance(mcl, bool) or not isinstance(mcl, int) or mcl < 1):
-            raise ValueError(f"max_completion_length must be a positive int or None, got {mcl!r}")
-        if self.aggregation == "microbatch_token_mean" and (
-                self.microbatch_rows is None or isinstance(self.microbatch_rows, bool)
-                or not isinstance(self.microbatch_rows, int) or self.microbatch_rows < 1):
-            raise ValueError("aggregation='microbatch_token_mean' needs microbatch_rows, a positive int (rows "
-                             f"per reference micro-batch, e.g. G), got {self.microbatch_rows!r}")
-        if self.dual_clip is not None and not self.dual_clip > 1.0:
-            raise ValueError(f"dual_clip must be > 1 or None (off), got {self.dual_clip}")
-        if self.aggregation == "seq_sum_const" and mcl is None:
-            raise ValueError(
-                "aggregation='seq_sum_const' (Dr. GRPO) normalises by num_sequences * "
-                "max_completion_length: set max_completion_length"
-            )
+        need(mcl is None or (is_int(mcl) and mcl >= 1), "max_completion_length", "must be a positive int or None")
+        need(self.aggregation != "microbatch_token_mean" or (is_int(self.microbatch_rows) and self.microbatch_rows >= 1),
+             "microbatch_rows", "must be a positive int (rows per reference micro-batch, e.g. G) with "
+             "aggregation='microbatch_token_mean'")
+        need(self.dual_clip is None or (is_real(self.dual_clip) and self.dual_clip > 1.0), "dual_clip",
+             "must be > 1 or None (off)")
+        need(self.aggregation != "seq_sum_const" or mcl is not None, "max_completion_length",
+             "must be set with aggregation='seq_sum_const' (Dr. GRPO normalises by num_sequences * "
+             "max_completion_length)")
 
 
 def _check_2d(name: str, x: jax.Array, shape: tuple[int, ...]) -> None:
