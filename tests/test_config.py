@@ -189,3 +189,95 @@ def test_train_cli_intermixed_flags_and_one_line_errors(tmp_path):
                               f"data.train={tmp_path / 'missing.jsonl'}"], capture_output=True, text=True, env=env,
                        timeout=300)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "missing.jsonl" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# The run config is composed of the library's configs (issue 13 item 1)
+# ------------------------------------------------------------------------------------------------
+def test_sections_are_the_library_configs():
+    """rollout is a SamplingConfig and adapter an AdapterConfig; grpo and grpo.loss have exactly the fields of
+    GrpoConfig and LossConfig, less those derived from rollout, plus the rollout schedule; the trainer gets
+    the library objects with the derived values filled in."""
+    import dataclasses
+
+    from tina_jax.adapters import AdapterConfig
+    from tina_jax.config import grpo_config, sampling_config, updates_per_rollout
+    from tina_jax.rl import LossConfig
+    from tina_jax.rl.grpo import GrpoConfig
+    from tina_jax.sampling import SamplingConfig
+
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    c = load_config(None, ["rollout.num_samples=4", "rollout.max_new_tokens=20", "grpo.mini_batches=2",
+                           "grpo.num_iterations=3", "grpo.loss.aggregation=microbatch_token_mean"])
+    assert type(c.rollout) is SamplingConfig and type(c.adapter) is AdapterConfig
+    assert names(type(c.grpo)) == names(GrpoConfig) - {"group_size"} | {"prompts_per_step", "num_iterations",
+                                                                        "mini_batches"}
+    assert names(type(c.grpo.loss)) == names(LossConfig) - {"max_completion_length"}
+    g = grpo_config(c)
+    assert type(g) is GrpoConfig and type(g.loss) is LossConfig
+    assert (g.group_size, g.loss.max_completion_length, g.loss.microbatch_rows) == (4, 20, 4)
+    assert (g.share_prompts, g.logprob_chunk, g.loss.aggregation) == (True, 64, "microbatch_token_mean")
+    assert updates_per_rollout(c) == 6
+    s = sampling_config(c, num_samples=1)
+    assert s == c.rollout.replace(max_prompt_length=c.data.max_prompt_length, num_samples=1)
+    with pytest.raises(ConfigError, match=r"rollout\.max_prompt_length: leave it null.*data\.max_prompt_length"):
+        load_config(None, ["rollout.max_prompt_length=100"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("rollout.top_k=-1", "rollout.top_k"), ("rollout.nucleus_cap=0", "rollout.nucleus_cap"),
+    ("rollout.adapter_decoding=fused", "rollout.adapter_decoding"), ("rollout.cache_dtype=fp8", "rollout.cache_dtype"),
+    ("grpo.loss.clip_eps_low=1.5", "grpo.loss.clip_eps_low"), ("grpo.loss.beta=-1", "grpo.loss.beta"),
+    ("grpo.loss.dual_clip=0.5", "grpo.loss.dual_clip"), ("grpo.loss.microbatch_rows=0", "grpo.loss.microbatch_rows"),
+    ("grpo.advantage=ppo", "grpo.advantage"), ("grpo.logprob_chunk=0", "grpo.logprob_chunk"),
+    ("grpo.micro_batch_size=0", "grpo.micro_batch_size"), ("rollout.num_samples=1", "rollout.num_samples"),
+    ("adapter.r=0", "adapter.r"), ("adapter.dropout=1.0", "adapter.dropout"), ("adapter.n_tie=0", "adapter.n_tie"),
+    ("adapter.target_modules=[lm_head]", "adapter.target_modules"), ("adapter.init_std=-1", "adapter.init_std"),
+])
+def test_library_validation_errors_name_the_yaml_key(override, key):
+    """Each value is checked once, by the library dataclass that defines it; the error is one line naming the key."""
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert msg.startswith(f"{key}: ") and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("old", ["adapter.rank", "rollout.num_generations", "grpo.aggregation", "grpo.aggregation_rows",
+                                 "grpo.clip_eps_low", "grpo.clip_eps_high", "grpo.beta", "grpo.kl_estimator",
+                                 "grpo.tis_cap", "grpo.dual_clip"])
+def test_old_key_names_name_the_new_ones(old, tmp_path):
+    from tina_jax.config import RENAMED
+
+    new = RENAMED[old]
+    with pytest.raises(ConfigError, match=f"config key '{old}' is now '{new}'"):
+        load_config(None, [f"{old}=1"])
+    sec, key = old.split(".")
+    p = tmp_path / "old.yaml"
+    p.write_text(f"{sec}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=f"old.yaml: config key '{old}' is now '{new}'"):
+        load_config(p)
+
+
+def test_a_config_saved_with_the_old_names_loads_with_upgrade(tmp_path):
+    """run directories written before the rename (their config.yaml) still load where a run is read back."""
+    p = tmp_path / "config.yaml"
+    p.write_text("adapter: {rank: 4, alpha: 8}\nrollout: {num_generations: 4}\n"
+                 "grpo: {beta: 0.04, aggregation: microbatch_token_mean, aggregation_rows: 4, prompts_per_step: 2}\n")
+    c = load_config(p, upgrade=True)
+    assert (c.adapter.r, c.rollout.num_samples, c.grpo.loss.beta, c.grpo.loss.microbatch_rows) == (4, 4, 0.04, 4)
+    assert c == load_config(None, ["adapter.r=4", "adapter.alpha=8", "rollout.num_samples=4", "grpo.loss.beta=0.04",
+                                   "grpo.loss.aggregation=microbatch_token_mean", "grpo.loss.microbatch_rows=4",
+                                   "grpo.prompts_per_step=2"])
+
+
+def test_scoring_temperature_is_derived_from_the_sampling_config():
+    """grpo.logprob_temperature: sampling = SamplingConfig.scoring_temperature: the sampling temperature, and 1 for
+    greedy (the sampler reports the temperature-1 log-softmax of the argmax), as the sampler's own logprobs."""
+    from tina_jax.config import grpo_config
+    from tina_jax.sampling import SamplingConfig
+
+    assert SamplingConfig(4, temperature=0.6).scoring_temperature == 0.6
+    assert SamplingConfig(4, temperature=0.0).scoring_temperature == 1.0
+    assert grpo_config(load_config(None, ["rollout.temperature=0"])).logprob_temperature == 1.0
+    assert grpo_config(load_config(None, ["rollout.temperature=0", "grpo.logprob_temperature=0.5"])
+                       ).logprob_temperature == 0.5

@@ -115,3 +115,29 @@ def test_dry_run_fails_where_the_real_run_would(tmp_path):
     r = subprocess.run(base + ["data.max_prompt_length=8000", "rollout.max_new_tokens=500"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 1 and "8500 exceeds the model's context of 8192" in r.stderr
+
+
+def test_resume_of_a_run_saved_before_the_key_renames_is_accepted(tmp_path):
+    """A config.yaml written before the run config took the library's names (adapter.rank, rollout.num_generations,
+    grpo.beta, ...) and before keys were added is compared as today's resolved config: same run, resume accepted;
+    a real change is still refused under the new key name."""
+    from tina_jax.config import RENAMED
+
+    run = tmp_path / "run"
+    open_run_dir(_cfg(run)).release()
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    for new_key, old_key in ((n, o) for o, n in RENAMED.items()):  # write it back with the old names
+        *sec_new, k_new = new_key.split(".")
+        node = old
+        for part in sec_new:
+            node = node[part]
+        value = node.pop(k_new)
+        sec_old, k_old = old_key.rsplit(".", 1)
+        old[sec_old][k_old] = value
+    del old["grpo"]["loss"], old["rollout"]["nucleus_cap"], old["adapter"]["init_std"]
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    _fake_checkpoint(run)
+    open_run_dir(_cfg(run)).release()
+    (run / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(RunDirError, match=r"adapter\.r: 8 -> 4"):
+        open_run_dir(_cfg(run, "adapter.r=4"))

@@ -128,6 +128,10 @@ def open_run_dir(cfg, resume: bool = True, overwrite: bool = False, primary: boo
         if steps:
             if saved.is_file():
                 old = yaml.safe_load(saved.read_text()) or {}
+                try:  # a config saved before keys were renamed or added: compare it resolved as today's
+                    old = config_lib.from_dict(config_lib.upgrade_keys(old)).to_dict()
+                except config_lib.ConfigError:
+                    pass
                 bad = [(k, a, b) for k, a, b in config_diff(old, cfg.to_dict()) if not _may_change(k)]
                 if bad:
                     lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, a, b in bad[:20])

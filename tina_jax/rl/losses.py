@@ -115,9 +115,10 @@ class LossConfig:
              "must be > 0 or None (truncated importance sampling off)")
         mcl = self.max_completion_length
         need(mcl is None or (is_int(mcl) and mcl >= 1), "max_completion_length", "must be a positive int or None")
-        need(self.aggregation != "microbatch_token_mean" or (is_int(self.microbatch_rows) and self.microbatch_rows >= 1),
-             "microbatch_rows", "must be a positive int (rows per reference micro-batch, e.g. G) with "
-             "aggregation='microbatch_token_mean'")
+        rows = self.microbatch_rows
+        need(rows is None or (is_int(rows) and rows >= 1), "microbatch_rows", "must be a positive int or None")
+        need(self.aggregation != "microbatch_token_mean" or rows is not None, "microbatch_rows",
+             "must be set (rows per reference micro-batch, e.g. G) with aggregation='microbatch_token_mean'")
         need(self.dual_clip is None or (is_real(self.dual_clip) and self.dual_clip > 1.0), "dual_clip",
              "must be > 1 or None (off)")
         need(self.aggregation != "seq_sum_const" or mcl is not None, "max_completion_length",
