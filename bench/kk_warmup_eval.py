@@ -35,7 +35,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from tina_jax import config as config_lib, sampling as smp, trainer
+    from tina_jax import config as config_lib, trainer
     from tina_jax.data import kk, pipeline
     from tina_jax.models import load_model
 
@@ -55,9 +55,7 @@ def main() -> None:
                                       required_fields=("solution_text_format",),
                                       max_prompt_length=cfg.data.max_prompt_length, keep_fields=("num_people",))
     _, is_correct = trainer.correctness_fn(cfg)
-    s = smp.SamplingConfig(max_new_tokens=cfg.rollout.max_new_tokens, temperature=0.0, num_samples=1,
-                           stop_token_ids=smp.default_stop_token_ids(model.config, tok),
-                           pad_token_id=tok.pad_token_id or 0, max_prompt_length=cfg.data.max_prompt_length)
+    s = config_lib.sampling_config(cfg, temperature=0.0, num_samples=1)  # greedy, the recipe's budget
     rows = []
     for i in range(0, len(ex), a.batch):
         chunk = ex[i:i + a.batch]

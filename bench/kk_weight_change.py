@@ -22,7 +22,7 @@ def main() -> None:
     run, ref = sys.argv[1], sys.argv[2]
     _, params, info = trainer.load_run_policy(run, "last", console=lambda s: None)
     if ref == "base":
-        cfg = config_lib.load_config(Path(run) / "config.yaml")
+        cfg = config_lib.load_config(Path(run) / "config.yaml", upgrade=True)
         ref_params = load_model(cfg.model.source, dtype=cfg.model.dtype).params
     else:
         ref_params = materialize_tree(trainer.load_run_policy(ref, "last", console=lambda s: None)[1])

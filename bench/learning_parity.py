@@ -63,14 +63,14 @@ def tina_overrides(settings: dict, steps: int, run_dir: str | Path) -> list[str]
     """
     s = settings
     return [
-        "adapter.kind=lora", f"adapter.rank={s['rank']}", f"adapter.alpha={s['alpha']}",
+        "adapter.kind=lora", f"adapter.r={s['rank']}", f"adapter.alpha={s['alpha']}",
         f"adapter.dropout={s['dropout']}", "adapter.use_rslora=false",
         f"adapter.target_modules=[{','.join(SEVEN_PROJECTIONS)}]",
-        f"rollout.num_generations={s['num_generations']}", f"rollout.max_new_tokens={s['max_new_tokens']}",
+        f"rollout.num_samples={s['num_generations']}", f"rollout.max_new_tokens={s['max_new_tokens']}",
         f"rollout.temperature={s['temperature']}", "rollout.top_p=1.0", "rollout.top_k=0",
-        f"grpo.prompts_per_step={s['prompts_per_step']}", "grpo.advantage=grpo", "grpo.aggregation=token_mean",
-        f"grpo.beta={s['beta']}", "grpo.num_iterations=1", "grpo.mini_batches=1",
-        "grpo.clip_eps_low=0.2", "grpo.clip_eps_high=0.2", "grpo.tis_cap=null",
+        f"grpo.prompts_per_step={s['prompts_per_step']}", "grpo.advantage=grpo", "grpo.loss.aggregation=token_mean",
+        f"grpo.loss.beta={s['beta']}", "grpo.num_iterations=1", "grpo.mini_batches=1",
+        "grpo.loss.clip_eps_low=0.2", "grpo.loss.clip_eps_high=0.2", "grpo.loss.tis_cap=null",
         f"optim.lr={s['lr']!r}", "optim.schedule=constant", "optim.warmup_ratio=0.0", "optim.weight_decay=0.0",
         f"optim.max_grad_norm={s['max_grad_norm']}",
         f"train.max_steps={steps}", "train.eval_every=0", f"train.save_every={steps}", "train.sample_every=0",
@@ -175,24 +175,25 @@ def trl_config_kwargs(cfg, steps: int, output_dir: str | Path, use_cpu: bool) ->
     (per_device_train_batch_size counts completions; steps_per_generation = 1, gradient_accumulation_steps = 1).
     """
     r, g, o, m = cfg.rollout, cfg.grpo, cfg.optim, cfg.model
+    loss = g.loss
     loss_types = {"token_mean": "dapo", "seq_mean_token_mean": "grpo", "seq_sum_const": "dr_grpo"}
     scales = {"grpo": "group", "drgrpo": "none"}
     if g.advantage not in scales:
         raise ValueError(f"grpo.advantage={g.advantage!r} has no TRL equivalent here; use grpo or drgrpo")
-    if g.mini_batches != 1 or g.tis_cap is not None or g.kl_estimator != "k3":
+    if g.mini_batches != 1 or loss.tis_cap is not None or loss.kl_estimator != "k3":
         raise ValueError("the TRL mapping covers mini_batches=1, tis_cap=null and kl_estimator=k3 only")
     dtype = m.dtype or "float32"
     return dict(
         output_dir=str(output_dir), max_steps=steps, seed=cfg.train.seed,
-        per_device_train_batch_size=g.prompts_per_step * r.num_generations, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=r.num_generations, num_iterations=g.num_iterations,
+        per_device_train_batch_size=g.prompts_per_step * r.num_samples, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=r.num_samples, num_iterations=g.num_iterations,
         shuffle_dataset=False,  # the dataset is already in tina_jax's batch order
         max_completion_length=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
         learning_rate=o.lr, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
         weight_decay=o.weight_decay, adam_beta1=o.b1, adam_beta2=o.b2, adam_epsilon=o.eps,
         max_grad_norm=o.max_grad_norm if o.max_grad_norm is not None else 0.0,
-        beta=g.beta, epsilon=g.clip_eps_low, epsilon_high=g.clip_eps_high,
-        loss_type=loss_types[g.aggregation], scale_rewards=scales[g.advantage], mask_truncated_completions=False,
+        beta=loss.beta, epsilon=loss.clip_eps_low, epsilon_high=loss.clip_eps_high,
+        loss_type=loss_types[loss.aggregation], scale_rewards=scales[g.advantage], mask_truncated_completions=False,
         gradient_checkpointing=m.remat, bf16=dtype == "bfloat16", fp16=False, use_cpu=use_cpu,
         logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0, remove_unused_columns=False, disable_dropout=True,
@@ -254,7 +255,7 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
         return total
 
     a = cfg.adapter
-    lora = dict(r=a.rank, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=list(a.target_modules),
+    lora = dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=list(a.target_modules),
                 use_rslora=a.use_rslora, bias="none", task_type="CAUSAL_LM")
     use_cpu = not torch.cuda.is_available()
     kwargs = trl_config_kwargs(cfg, steps, workdir / "trl_out", use_cpu)

@@ -41,23 +41,23 @@ BASE_CONFIG = ROOT / "configs" / "smollm2_arith_cpu.yaml"
 # The GRPO recipe every configuration shares, pinned here so that changes to the default recipe's
 # schedule or batch do not change the sweep: 4 prompts x G=8 per step (twice the updates per minute of
 # the default's 8 x 8 -- few minutes allow few steps), constant lr, one update per rollout, no KL.
-RECIPE = ["grpo.prompts_per_step=4", "rollout.num_generations=8", "rollout.temperature=1.0",
+RECIPE = ["grpo.prompts_per_step=4", "rollout.num_samples=8", "rollout.temperature=1.0",
           "rollout.max_new_tokens=48", "grpo.micro_batch_size=8", "grpo.mini_batches=1", "grpo.num_iterations=1",
-          "grpo.beta=0.0", "grpo.advantage=grpo", "grpo.aggregation=token_mean", "optim.schedule=constant",
+          "grpo.loss.beta=0.0", "grpo.advantage=grpo", "grpo.loss.aggregation=token_mean", "optim.schedule=constant",
           "optim.warmup_ratio=0.0", "optim.weight_decay=0.0", "adapter.dropout=0.0"]
 
 # name -> (adapter overrides, learning rate). TinyLoRA counts are for SmolLM2-135M's 30 layers x 7
 # modules = 210 modules with u=1: n_tie=210 -> 1 group, 17 -> 13 groups, 2 -> 105 groups. Rates: --lr-probe.
 SWEEP: dict[str, tuple[list[str], float]] = {
-    "tinylora_1": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
+    "tinylora_1": (["adapter.kind=tinylora", "adapter.r=2", "adapter.alpha=32", "adapter.u=1",
                     "adapter.n_tie=210"], 2.0e-3),
-    "tinylora_13": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
+    "tinylora_13": (["adapter.kind=tinylora", "adapter.r=2", "adapter.alpha=32", "adapter.u=1",
                      "adapter.n_tie=17"], 1.9e-3),
-    "tinylora_105": (["adapter.kind=tinylora", "adapter.rank=2", "adapter.alpha=32", "adapter.u=1",
+    "tinylora_105": (["adapter.kind=tinylora", "adapter.r=2", "adapter.alpha=32", "adapter.u=1",
                       "adapter.n_tie=2"], 1.8e-3),
-    "lora_xs_r8": (["adapter.kind=lora_xs", "adapter.rank=8", "adapter.alpha=8"], 2.6e-3),
-    "lora_r1": (["adapter.kind=lora", "adapter.rank=1", "adapter.alpha=4"], 3.2e-3),
-    "lora_r32": (["adapter.kind=lora", "adapter.rank=32", "adapter.alpha=128"], 1e-4),
+    "lora_xs_r8": (["adapter.kind=lora_xs", "adapter.r=8", "adapter.alpha=8"], 2.6e-3),
+    "lora_r1": (["adapter.kind=lora", "adapter.r=1", "adapter.alpha=4"], 3.2e-3),
+    "lora_r32": (["adapter.kind=lora", "adapter.r=32", "adapter.alpha=128"], 1e-4),
     "full": (["adapter.kind=none"], 1.6e-5),
 }
 REFERENCE = "lora_r32"
@@ -70,7 +70,7 @@ def _overrides(name: str, args, lr: float | None = None) -> list[str]:
         out.append(f"model.source={args.model}")
     if args.smoke:  # tiny models: cap the rank at 8 (LoRA's r=32 exceeds their narrowest projection)
         out += ["data.n_eval=4", "rollout.max_new_tokens=8", "grpo.prompts_per_step=1", "train.eval_batch_size=4"]
-        out += [f"adapter.rank={min(8, int(o.split('=')[1]))}" for o in adapter if o.startswith("adapter.rank=")]
+        out += [f"adapter.r={min(8, int(o.split('=')[1]))}" for o in adapter if o.startswith("adapter.r=")]
     else:
         out.append(f"data.n_eval={args.n_eval}")
     merged: dict[str, str] = {}  # a later setting of a key replaces an earlier one (train.py rejects repeats)
@@ -94,18 +94,13 @@ class Evaluator:
     def __init__(self, cfg):
         import jax
 
-        from tina_jax import sampling as smp, trainer
+        from tina_jax import trainer
+        from tina_jax.config import sampling_config
         from tina_jax.models import load_model
 
         self.model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype)
-        tok = self.model.tokenizer
-        _, self.eval_ex, _ = trainer.build_data(cfg, tok)
-        r = cfg.rollout
-        self.sampling = smp.SamplingConfig(
-            max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-            num_samples=r.num_generations, stop_token_ids=smp.default_stop_token_ids(self.model.config, tok),
-            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-            max_prompt_length=cfg.data.max_prompt_length)
+        _, self.eval_ex, _ = trainer.build_data(cfg, self.model.tokenizer)
+        self.sampling = sampling_config(cfg)  # as the trainer samples (stop and pad ids: the tokenizer's)
         self.rng = jax.random.key(cfg.train.seed + 2)  # the trainer's eval key
 
     def accuracy(self, cfg, params) -> float:
@@ -119,12 +114,12 @@ class Evaluator:
         """(policy parameters at the run's last checkpoint, its step)."""
         import jax
 
-        from tina_jax import checkpoint, optim, trainer
+        from tina_jax import adapters, checkpoint, optim, trainer
         from tina_jax.config import load_config
         from tina_jax.rl.grpo import init_state, policy_params
 
-        cfg = load_config(run_dir / "config.yaml")
-        adapter = trainer.build_adapter(cfg, self.model.config, self.model.params)
+        cfg = load_config(run_dir / "config.yaml", upgrade=True)
+        adapter = adapters.build(cfg.adapter, self.model.config, self.model.params)
         tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
         state = init_state(self.model.config, self.model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter)
         with checkpoint.Checkpointer(run_dir / "checkpoints") as ckpt:
@@ -180,8 +175,7 @@ def sweep(args) -> dict:
         cfg = _load(name, args)
         a = cfg.adapter
         n = (sum(x.size for x in __import__("jax").tree.leaves(ev.model.params)) if a.kind == "none" else
-             adapters.count_trainable(a.kind, ev.model.config, a.target_modules, r=a.rank, alpha=a.alpha,
-                                      **({"u": a.u, "n_tie": a.n_tie, "tie_mode": a.tie_mode} if a.kind == "tinylora" else {})))
+             adapters.count_trainable(a.kind, ev.model.config, a.target_modules, **a.hparams()))
         print(f"{name}: {n:,} trained parameters, lr {cfg.optim.lr:g}, {args.budget_minutes} min ...", flush=True)
         r = run_one(name, args, out)
         rcfg, params, step = ev.run_params(out / name)
@@ -249,7 +243,8 @@ def lr_probe(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from tina_jax import optim, trainer
+    from tina_jax import adapters, optim, trainer
+    from tina_jax.config import grpo_config
     from tina_jax.data import pipeline
     from tina_jax.rl import advantages as adv_lib
     from tina_jax.rl.grpo import init_state, make_grpo_step, make_logprob_fn
@@ -261,7 +256,7 @@ def lr_probe(args) -> dict:
     loader = pipeline.make_loader(train_ex, batch_size=cfg0.grpo.prompts_per_step, seed=cfg0.data.seed,
                                   num_epochs=None)
     reward_fn = trainer.build_rewards(cfg0, model.tokenizer)
-    G = cfg0.rollout.num_generations
+    G = cfg0.rollout.num_samples
     # a batch whose groups carry signal (mixed rewards), sampled from the base model
     for i in range(20):
         examples = next(loader)
@@ -280,10 +275,10 @@ def lr_probe(args) -> dict:
     out: dict = {}
     for name in (args.only or list(SWEEP)):
         cfg = _load(name, args)
-        gcfg = trainer.grpo_config(cfg)
+        gcfg = grpo_config(cfg)
         step_fn = make_grpo_step(gcfg, donate=False)
         logp_fn = make_logprob_fn(gcfg)
-        adapter = trainer.build_adapter(cfg, model.config, model.params)
+        adapter = adapters.build(cfg.adapter, model.config, model.params)
         out[name] = {}
         for f in factors:
             lr = cfg.optim.lr * f

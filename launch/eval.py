@@ -16,6 +16,7 @@ Writes OUT/results.json, results.md, results.png and samples.jsonl.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -23,86 +24,75 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-_KEYS = {  # key -> type, for --config files and key=value overrides
-    "model": str, "adapter": str, "run": str, "checkpoint": str, "benchmarks": str, "protocol": str,
-    "samples": int, "seeds": int, "limit": int, "max_new_tokens": int, "out": str, "temperature": float,
-    "top_p": float, "max_rows": int, "batch_tokens": int, "seed": int, "dtype": str, "cache_dtype": str,
-    "data_dir": str, "timeout": float, "overwrite": bool,
-}
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """The keys of ``--config`` files, flags and key=value overrides (read and checked by
+    ``tina_jax.config.load_config``: unknown keys name the nearest valid one, types are checked)."""
+
+    model: str | None = None
+    adapter: str | None = None
+    run: str | None = None
+    checkpoint: str | int = "best"
+    benchmarks: str | tuple[str, ...] = ()
+    protocol: str = "greedy"
+    samples: int | None = None
+    seeds: int | None = None
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    out: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_rows: int = 64
+    batch_tokens: int = 1 << 20
+    seed: int = 0
+    dtype: str | None = None
+    cache_dtype: str | None = None
+    data_dir: str | None = None
+    timeout: float = 10.0
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.benchmarks, str):
+            object.__setattr__(self, "benchmarks", tuple(b.strip() for b in self.benchmarks.split(",") if b.strip()))
+        if not self.benchmarks:
+            raise ValueError("--benchmarks is required (e.g. --benchmarks gsm8k,math500)")
+        if not (self.model or self.run):
+            raise ValueError("give --model SOURCE or --run RUN_DIR")
+        if self.adapter and self.run:
+            raise ValueError("--adapter and --run are exclusive (a run's checkpoint holds its adapter)")
+
+
+def _settings(args) -> EvalSettings:
+    from tina_jax.config import load_config
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalSettings)
+             if getattr(args, f.name, None) not in (None, False)}  # command-line flags win over the file
+    return load_config(args.config, args.overrides, strict_overrides=True, schema=EvalSettings, updates=flags)
 
 
 class UsageError(ValueError):
     pass
 
 
-def _settings(args) -> dict:
-    import difflib
-
-    import yaml
-
-    s: dict = {}
-    if args.config:
-        p = Path(args.config)
-        if not p.is_file():
-            raise UsageError(f"config file {p} not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UsageError(f"{p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"{p}: the top level must be a mapping of the keys: {', '.join(_KEYS)}")
-        if isinstance(data.get("benchmarks"), list):
-            data["benchmarks"] = ",".join(map(str, data["benchmarks"]))
-        s.update(data)
-    for k in _KEYS:
-        v = getattr(args, k, None)
-        if v is not None and v is not False:
-            s[k] = v
-    for item in args.overrides:
-        if "=" not in item:
-            raise UsageError(f"override {item!r} must look like key=value")
-        k, raw = item.split("=", 1)
-        s[k.strip()] = yaml.safe_load(raw)
-    for k, v in list(s.items()):
-        if k not in _KEYS:
-            near = difflib.get_close_matches(k, list(_KEYS), n=1)
-            raise UsageError(f"unknown key {k!r}; " + (f"did you mean {near[0]!r}? " if near else "")
-                             + f"valid keys: {', '.join(_KEYS)}")
-        if v is None:
-            continue
-        tp = _KEYS[k]
-        try:
-            s[k] = v if isinstance(v, tp) else (tp(v) if tp is not bool else bool(v))
-        except (TypeError, ValueError):
-            raise UsageError(f"{k}: expected {tp.__name__}, got {v!r}") from None
-    if not s.get("benchmarks"):
-        raise UsageError("--benchmarks is required (e.g. --benchmarks gsm8k,math500)")
-    if not (s.get("model") or s.get("run")):
-        raise UsageError("give --model SOURCE or --run RUN_DIR")
-    if s.get("adapter") and s.get("run"):
-        raise UsageError("--adapter and --run are exclusive (a run's checkpoint holds its adapter)")
-    return s
-
-
-def _load(s: dict, console):
+def _load(s: EvalSettings, console):
     import tina_jax
     from tina_jax import adapters
 
-    if s.get("run"):
+    if s.run:
         from tina_jax.trainer import load_run_policy
 
-        model, params, info = load_run_policy(s["run"], s.get("checkpoint", "best"), console=console)
-        if s.get("model") and s["model"] != info["source"]:
-            raise UsageError(f"--model {s['model']} differs from the run's model {info['source']}")
-        info["name"] = f"{Path(s['run']).name}@{info['checkpoint']}"
+        model, params, info = load_run_policy(s.run, s.checkpoint, console=console)
+        if s.model and s.model != info["source"]:
+            raise UsageError(f"--model {s.model} differs from the run's model {info['source']}")
+        info["name"] = f"{Path(s.run).name}@{info['checkpoint']}"
         return model, params, info
-    model = tina_jax.load_model(s["model"], dtype=s.get("dtype"))
-    info = {"source": s["model"], "name": Path(s["model"]).name or s["model"], "dtype": str(model.config.param_dtype)}
+    model = tina_jax.load_model(s.model, dtype=s.dtype)
+    info = {"source": s.model, "name": Path(s.model).name or s.model, "dtype": str(model.config.param_dtype)}
     params = None
-    if s.get("adapter"):
-        ad = adapters.load_peft(s["adapter"], model.config, model.params)
+    if s.adapter:
+        ad = adapters.load_peft(s.adapter, model.config, model.params)
         params = adapters.apply(model.params, ad)
-        info.update(adapter=str(s["adapter"]), name=f"{info['name']}+{Path(s['adapter']).name}")
+        info.update(adapter=str(s.adapter), name=f"{info['name']}+{Path(s.adapter).name}")
     return model, params, info
 
 
@@ -130,6 +120,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
 
     from tina_jax import evaluation
+    from tina_jax.config import ConfigError
     from tina_jax.models import CheckpointError
     from tina_jax.trainer import TrainingError
 
@@ -142,20 +133,17 @@ def main(argv=None) -> int:
         return 0
     try:
         s = _settings(args)
-    except UsageError as e:
+    except ConfigError as e:
         print(f"usage error: {e}", file=sys.stderr)
         return 2
     try:
         model, params, info = _load(s, print)
-        protocol = s.get("protocol", "greedy")
-        out = s.get("out") or f"runs/eval/{info['name'].replace('/', '_')}-{protocol}"
+        out = s.out or f"runs/eval/{info['name'].replace('/', '_')}-{s.protocol}"
         res = evaluation.evaluate(
-            model, s["benchmarks"], protocol, params=params, samples=s.get("samples"), seeds=s.get("seeds"),
-            limit=s.get("limit"), max_new_tokens=s.get("max_new_tokens"), temperature=s.get("temperature"),
-            top_p=s.get("top_p"), out_dir=out, model_info=info, max_rows=s.get("max_rows", 64),
-            batch_tokens=s.get("batch_tokens", 1 << 20), seed=s.get("seed", 0), data_dir=s.get("data_dir"),
-            cache_dtype=s.get("cache_dtype"), timeout=s.get("timeout", 10.0), overwrite=s.get("overwrite", False),
-            progress=not args.no_progress)
+            model, list(s.benchmarks), s.protocol, params=params, samples=s.samples, seeds=s.seeds, limit=s.limit,
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, out_dir=out, model_info=info,
+            max_rows=s.max_rows, batch_tokens=s.batch_tokens, seed=s.seed, data_dir=s.data_dir,
+            cache_dtype=s.cache_dtype, timeout=s.timeout, overwrite=s.overwrite, progress=not args.no_progress)
     except (UsageError, evaluation.EvalError, CheckpointError, TrainingError, FileNotFoundError, ValueError) as e:
         if args.debug:
             raise

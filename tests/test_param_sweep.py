@@ -43,7 +43,7 @@ def test_configs_train_the_advertised_parameter_counts():
     for name, n in want.items():
         a = mod._load(name, _args(mod)).adapter
         hp = {"u": a.u, "n_tie": a.n_tie, "tie_mode": a.tie_mode} if a.kind == "tinylora" else {}
-        assert adapters.count_trainable(a.kind, mcfg, a.target_modules, r=a.rank, alpha=a.alpha, **hp) == n, name
+        assert adapters.count_trainable(a.kind, mcfg, a.target_modules, r=a.r, alpha=a.alpha, **hp) == n, name
     assert mod._load("full", _args(mod)).adapter.kind == "none"
     # the shared recipe is pinned over the default config's (a budgeted run has no known step count)
     cfg = mod._load("lora_r32", _args(mod))
