@@ -218,6 +218,10 @@ def test_sections_are_the_library_configs():
     assert (g.group_size, g.loss.max_completion_length, g.loss.microbatch_rows) == (4, 20, 4)
     assert (g.share_prompts, g.logprob_chunk, g.loss.aggregation) == (True, 64, "microbatch_token_mean")
     assert updates_per_rollout(c) == 6
+    from tina_jax.config import sft_config
+    from tina_jax.rl.sft import SftConfig
+
+    assert sft_config(load_config(None, ["sft.micro_batch_size=4", "sft.logprob_chunk=8"])) == SftConfig(4, 8)
     s = sampling_config(c, num_samples=1)
     assert s == c.rollout.replace(max_prompt_length=c.data.max_prompt_length, num_samples=1)
     with pytest.raises(ConfigError, match=r"rollout\.max_prompt_length: leave it null.*data\.max_prompt_length"):
@@ -281,3 +285,26 @@ def test_scoring_temperature_is_derived_from_the_sampling_config():
     assert grpo_config(load_config(None, ["rollout.temperature=0"])).logprob_temperature == 1.0
     assert grpo_config(load_config(None, ["rollout.temperature=0", "grpo.logprob_temperature=0.5"])
                        ).logprob_temperature == 0.5
+
+
+def test_eval_cli_settings_are_read_by_load_config(tmp_path, monkeypatch):
+    """launch/eval.py reads its --config YAML through config.load_config (schema EvalSettings): the same
+    nearest-key errors and type checks as a run config; flags (updates) win over the file, overrides over both."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "launch" / "eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "eval_cli", mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    p = tmp_path / "e.yaml"
+    p.write_text("model: m\nbenchmarks: [gsm8k, math500]\ncheckpoint: 40\nsamples: 2\n")
+    s = load_config(p, ["seed=3"], schema=mod.EvalSettings, updates={"samples": 4})
+    assert (s.benchmarks, s.checkpoint, s.samples, s.seed, s.protocol) == (("gsm8k", "math500"), 40, 4, 3, "greedy")
+    assert load_config(None, schema=mod.EvalSettings, updates={"run": "r", "benchmarks": "kk"}).benchmarks == ("kk",)
+    with pytest.raises(ConfigError, match=r"e\.yaml: unknown config key 'sampels'; did you mean 'samples'"):
+        load_config(p, ["sampels=2"], schema=mod.EvalSettings)
+    with pytest.raises(ConfigError, match="samples: expected an integer"):
+        load_config(p, ["samples=two"], schema=mod.EvalSettings)
+    with pytest.raises(ConfigError, match="--adapter and --run are exclusive"):
+        load_config(p, ["run=r", "adapter=a"], schema=mod.EvalSettings)

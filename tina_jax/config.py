@@ -33,6 +33,7 @@ import yaml
 from tina_jax.adapters.core import AdapterConfig
 from tina_jax.rl.grpo import GrpoConfig
 from tina_jax.rl.losses import LossConfig
+from tina_jax.rl.sft import SftConfig
 from tina_jax.sampling import SamplingConfig
 from tina_jax.validation import FieldError
 
@@ -166,18 +167,16 @@ class EvalSection:
     top_p: float | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class SftSection:
-    """Supervised fine-tuning (``algorithm: sft``, ``tina_jax.rl.sft``): data.train records with
-    ``messages``, ``prompt``/``completion`` or the prompt recipe's field + ``completion``."""
-
-    batch_size: int = 8  # sequences per optimizer step
-    micro_batch_size: int | None = None  # rows per gradient-accumulation chunk (None: the whole batch)
-    max_length: int = 1024  # tokens per sequence (prompt + completion), and per packed row
-    overlong: Literal["skip", "truncate"] = "skip"  # longer sequences: dropped or cut (counted either way)
-    pack: bool = False  # pack a step's sequences into rows of max_length (same update, fewer pad tokens)
-    completion_field: str = "completion"
-    logprob_chunk: int = 64
+SftSection = _section(
+    SftConfig, "SftSection", "sft: supervised fine-tuning (``algorithm: sft``, ``tina_jax.rl.sft``): the fields of "
+    "``SftConfig`` (micro_batch_size, logprob_chunk) and the run's batches; data.train records with ``messages``, "
+    "``prompt``/``completion`` or the prompt recipe's field + ``completion``.",
+    derived={},
+    own=(("batch_size", int, dataclasses.field(default=8)),  # sequences per optimizer step
+         ("max_length", int, dataclasses.field(default=1024)),  # tokens per sequence (prompt + completion), per packed row
+         ("overlong", Literal["skip", "truncate"], dataclasses.field(default="skip")),  # longer: dropped or cut
+         ("pack", bool, dataclasses.field(default=False)),  # pack a step's sequences into rows of max_length
+         ("completion_field", str, dataclasses.field(default="completion"))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +253,11 @@ def sampling_config(c: RunConfig, **changes) -> SamplingConfig:
     """The rollout's ``SamplingConfig`` with the prompt limit of data.max_prompt_length (stop and pad ids, when
     null, are the tokenizer's: ``tina_jax.sampling.generate``), and ``changes`` (e.g. num_samples=1)."""
     return c.rollout.replace(max_prompt_length=c.data.max_prompt_length, **changes)
+
+
+def sft_config(c: RunConfig) -> SftConfig:
+    """The ``SftConfig`` of one supervised step (the sft section's fields of it)."""
+    return _build(SftConfig, c.sft, "sft")
 
 
 def updates_per_rollout(c: RunConfig) -> int:
@@ -338,7 +342,7 @@ def _check_values(c: RunConfig) -> None:
     sf = c.sft
     req(sf.batch_size >= 1, "sft.batch_size", f"must be >= 1, got {sf.batch_size}")
     req(sf.max_length >= 2, "sft.max_length", f"must be >= 2, got {sf.max_length}")
-    req(sf.logprob_chunk >= 1, "sft.logprob_chunk", "must be >= 1")
+    sft_config(c)  # SftConfig checks micro_batch_size and logprob_chunk
     if sf.micro_batch_size is not None and not sf.pack:
         req(sf.micro_batch_size >= 1 and sf.batch_size % sf.micro_batch_size == 0, "sft.micro_batch_size",
             f"{sf.micro_batch_size} must divide sft.batch_size ({sf.batch_size})")

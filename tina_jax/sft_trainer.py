@@ -25,7 +25,7 @@ from tina_jax import config as config_lib
 from tina_jax import adapters, distributed, optim, sharding
 from tina_jax.config import RunConfig
 from tina_jax.rl.grpo import init_state, policy_params
-from tina_jax.rl.sft import SftConfig, make_sft_step, pack_sequences, sft_step
+from tina_jax.rl.sft import make_sft_step, pack_sequences, sft_step
 from tina_jax import trainer as tr
 
 __all__ = ["train_sft", "dry_run_sft", "build_sft_data", "make_batch"]
@@ -111,7 +111,7 @@ def train_sft(cfg: RunConfig, resume: bool = True, console: Callable[[str], None
         console(adapters.summary(adapter))
     if multi:
         state = distributed.put(state, sharding.tree_shardings(state, mesh))
-    step_fn = make_sft_step(SftConfig(cfg.sft.micro_batch_size, cfg.sft.logprob_chunk),
+    step_fn = make_sft_step(config_lib.sft_config(cfg),
                             mesh=mesh if multi else None, state=state)
     schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, 1)
     d = cfg.data
@@ -257,8 +257,7 @@ def dry_run_sft(cfg: RunConfig, console: Callable[[str], None] = print) -> dict:
     rows = -(-s.batch_size // (s.micro_batch_size or 1)) * (s.micro_batch_size or 1)
     i32 = jax.ShapeDtypeStruct((rows, s.max_length), np.int32)
     batch = {"input_ids": i32, "segment_ids": i32, "loss_mask": i32}
-    new_state, metrics = jax.eval_shape(lambda st, b: sft_step(st, b, SftConfig(s.micro_batch_size,
-                                                                                s.logprob_chunk)), state, batch)
+    new_state, metrics = jax.eval_shape(lambda st, b: sft_step(st, b, config_lib.sft_config(cfg)), state, batch)
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     nbytes = lambda t: int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(t)))  # noqa
     micro = s.micro_batch_size or rows

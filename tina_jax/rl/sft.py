@@ -31,6 +31,7 @@ from tina_jax.models import decoder
 from tina_jax.models.linear import materialize
 from tina_jax.rl import losses as loss_lib
 from tina_jax.rl.grpo import TrainState, jit_step, policy_params
+from tina_jax.validation import FieldError, is_int
 
 __all__ = ["SftConfig", "sft_step", "make_sft_step", "sft_loss", "pack_sequences"]
 
@@ -43,10 +44,11 @@ class SftConfig:
     logprob_chunk: int = 64  # sequence positions per lm_head chunk
 
     def __post_init__(self):
-        if self.micro_batch_size is not None and self.micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
-        if self.logprob_chunk < 1:
-            raise ValueError(f"logprob_chunk must be >= 1, got {self.logprob_chunk}")
+        mbs = self.micro_batch_size
+        if mbs is not None and not (is_int(mbs) and mbs >= 1):
+            raise FieldError("micro_batch_size", f"micro_batch_size must be >= 1 or None, got {mbs!r}")
+        if not (is_int(self.logprob_chunk) and self.logprob_chunk >= 1):
+            raise FieldError("logprob_chunk", f"logprob_chunk must be >= 1, got {self.logprob_chunk!r}")
 
 
 def _check_batch(batch: dict) -> None:
