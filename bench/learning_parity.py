@@ -24,6 +24,7 @@ torch 2.13.0, peft 0.21.2), never a test dependency. Results: ``--out`` (JSON) a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +204,8 @@ def trl_config_kwargs(cfg, steps: int, output_dir: str | Path, use_cpu: bool) ->
 
 def prepare_trl_inputs(settings: dict, steps: int) -> dict:
     """What the TRL child needs from tina_jax, computed here so that the child never imports JAX (its peak
-    memory is TRL's alone): the model directory, the dataset rows in tina_jax's batch order, the stop tokens."""
+    memory is TRL's alone): the model directory, the dataset rows in tina_jax's batch order, the stop tokens,
+    the GRPOConfig and LoraConfig arguments and the reward specs (tina_jax.config imports JAX)."""
     from transformers import AutoTokenizer
 
     from tina_jax.data import prompts as prompts_lib
@@ -211,6 +214,7 @@ def prepare_trl_inputs(settings: dict, steps: int) -> dict:
     from tina_jax.sampling import default_stop_token_ids
 
     cfg = build_config(settings, steps, "unused")
+    a = cfg.adapter
     path = resolve_source(cfg.model.source)  # tina_jax's converted HF directory: the same weights
     tok = AutoTokenizer.from_pretrained(path)
     batches = _train_examples(cfg, tok, steps)
@@ -219,7 +223,11 @@ def prepare_trl_inputs(settings: dict, steps: int) -> dict:
     return {"model_path": str(path), "rows": rows,
             "expected_problems": [[ex["problem"] for ex in b] for b in batches],
             "first_prompt_text": batches[0][0]["prompt_text"],
-            "stop_token_ids": list(default_stop_token_ids(load_model_config(str(path)), tok))}
+            "stop_token_ids": list(default_stop_token_ids(load_model_config(str(path)), tok)),
+            "grpo_config": trl_config_kwargs(cfg, steps, "set by the child", use_cpu=False),
+            "lora_config": dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=list(a.target_modules),
+                                use_rslora=a.use_rslora, bias="none", task_type="CAUSAL_LM"),
+            "rewards": [dataclasses.asdict(spec) for spec in cfg.rewards]}
 
 
 def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
@@ -233,7 +241,6 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
     from tina_jax import rewards as rewards_lib
 
     inputs = json.loads((workdir / "trl_inputs.json").read_text())
-    cfg = build_config(settings, steps, workdir / "unused_tina_run")
     path = inputs["model_path"]
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -243,7 +250,7 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
     dataset = Dataset.from_list(inputs["rows"])
 
     # The reward tina_jax's trainer builds (tina_jax.rewards.build does not import JAX).
-    combined = rewards_lib.build(cfg.rewards, tok)
+    combined = rewards_lib.build([types.SimpleNamespace(**spec) for spec in inputs["rewards"]], tok)
     seen_problems: list[list[str]] = []
 
     def accuracy(completions, completion_ids=None, **fields) -> list[float]:
@@ -254,11 +261,9 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
         total, _ = combined(texts, completion_lengths=lengths, **gold)
         return total
 
-    a = cfg.adapter
-    lora = dict(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=list(a.target_modules),
-                use_rslora=a.use_rslora, bias="none", task_type="CAUSAL_LM")
+    lora = inputs["lora_config"]
     use_cpu = not torch.cuda.is_available()
-    kwargs = trl_config_kwargs(cfg, steps, workdir / "trl_out", use_cpu)
+    kwargs = dict(inputs["grpo_config"], output_dir=str(workdir / "trl_out"), use_cpu=use_cpu)
     print("TRL GRPOConfig:", json.dumps(kwargs, default=str), "\nPEFT LoraConfig:", json.dumps(lora), flush=True)
 
     class StepLog(TrainerCallback):
