@@ -4,11 +4,12 @@ The run config is composed of the library's own configs (levanter's rule): ``rol
 ``tina_jax.sampling.SamplingConfig``, ``adapter`` *is* a ``tina_jax.adapters.AdapterConfig``, and ``grpo``
 (with ``grpo.loss``) is generated from the fields of ``tina_jax.rl.GrpoConfig`` (``LossConfig``), less the
 fields the run derives from other sections (``group_size`` = ``rollout.num_samples``,
-``loss.max_completion_length`` = ``rollout.max_new_tokens``). Each value is validated once, by the dataclass
+``loss.max_completion_length`` = ``rollout.max_new_tokens``); ``sft`` likewise from ``tina_jax.rl.sft.SftConfig``.
+Each value is validated once, by the dataclass
 that defines it; this module turns those errors into one-line ``ConfigError``s naming the YAML key, validates
 its own sections (model, data, optim, train, ...) and keeps the rules that join sections (a mini-batch holds
-whole groups, truncated importance sampling needs untruncated sampling, ...). ``grpo_config`` and
-``sampling_config`` build what the trainer runs with.
+whole groups, truncated importance sampling needs untruncated sampling, ...). ``grpo_config``,
+``sampling_config`` and ``sft_config`` build the library configs the trainers run with.
 
 Every key is checked: an unknown or misspelt key is an error naming the nearest valid key (Tina's
 Dr.GRPO ablation silently ran plain GRPO because ``scale_reward`` was not ``scale_rewards``), and a key
@@ -79,12 +80,13 @@ class RewardSpec:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _section(lib: type, name: str, doc: str, *, derived: dict[str, str], retype: dict[str, tuple] = {},
+def _section(lib: type, name: str, doc: str, *, derived: dict[str, str], retype: dict[str, tuple] | None = None,
              own: tuple = ()) -> type:
     """A section generated from the fields (names, types, defaults) of the library dataclass ``lib``, less the
     ``derived`` ones (field -> the key that sets it), with ``retype`` (field -> (type, default)) and the run's
-    ``own`` fields first. ``lib`` checks the values when ``grpo_config`` builds it (at load time too)."""
-    hints = typing.get_type_hints(lib)
+    ``own`` fields first. ``lib`` checks the values when ``grpo_config`` / ``sft_config`` build it (also at
+    load time, from ``_check_values``)."""
+    hints, retype = typing.get_type_hints(lib), retype or {}
     fields = list(own)
     for f in dataclasses.fields(lib):
         if f.name not in derived:
