@@ -676,7 +676,7 @@ WM_CASES = [
 
 def test_warmup_math_table(pool):
     fn = R.warmup_math_reward(pool=pool, timeout=30)
-    assert fn.__name__ == "warmup_math"
+    assert fn.__name__ == "warmup_math" and fn.correct_at == 2.0
     got = fn([c for c, _, _ in WM_CASES], answer=[g for _, g, _ in WM_CASES], unused=[0] * len(WM_CASES))
     assert got == [w for _, _, w in WM_CASES], [(c, g, w) for (c, _, w), g in zip(WM_CASES, got) if g != w]
 

@@ -35,7 +35,7 @@ from tina_jax.rl.losses import LossConfig
 log = logging.getLogger("tina_jax.trainer")
 
 # Rewards whose value says "correct" (for accuracy metrics), with the threshold that means correct.
-_CORRECTNESS = {"accuracy": 1.0, "gsm8k_strict": 1.0, "kk": 2.0, "warmup_math": 2.0}
+_CORRECTNESS = {"accuracy": 1.0, "gsm8k_strict": 1.0, "kk": 2.0}
 
 
 class TrainingError(RuntimeError):

@@ -129,4 +129,5 @@ def warmup_math_reward(
         return scores
 
     warmup_math.__name__ = warmup_math.__qualname__ = "warmup_math"
+    warmup_math.correct_at = RIGHT_ANSWER  # the value that means a correct completion (held-out accuracy)
     return warmup_math
