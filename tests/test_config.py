@@ -68,6 +68,8 @@ def test_overrides_and_yaml_floats(tmp_path):
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown config key 'optim\.lrr'"):
         load_config(p, ["optim.lrr=1"])
     assert apply_overrides({}, ["a.b.c=3"]) == {"a": {"b": {"c": 3}}}
+    c = load_config(p, ["train.max_steps=7"], updates={"optim.b1": 0.5, "train.max_steps": 3})  # overrides win
+    assert (c.optim.lr, c.optim.b1, c.train.max_steps) == (1e-6, 0.5, 7)
 
 
 def test_batch_not_divisible_by_mesh_is_an_early_error():

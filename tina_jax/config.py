@@ -544,18 +544,24 @@ def apply_overrides(data: dict, overrides: list[str], strict: bool = False) -> d
                 raise ConfigError(msg + "; keep one")
             logging.getLogger("tina_jax.config").warning("%s: the last one wins", msg)
         seen[key.strip()] = item
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node.setdefault(p, {}), dict):
-                raise ConfigError(f"override {item!r}: {p!r} is not a section")
-            node = node[p]
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
+            value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
                               "quote it, e.g. key='value'") from None
+        _set(data, key.strip(), value, f"override {item!r}")
     return data
+
+
+def _set(data: dict, key: str, value: Any, what: str) -> None:
+    """``data[a][b][c] = value`` for the dotted ``key`` a.b.c (sections created as needed)."""
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.setdefault(p, {}), dict):
+            raise ConfigError(f"{what}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
 
 
 def from_dict(data: dict, schema: type = None) -> Any:
@@ -570,8 +576,8 @@ def from_dict(data: dict, schema: type = None) -> Any:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 strict_overrides: bool = False, *, schema: type = None, updates: dict | None = None,
                 upgrade: bool = False) -> Any:
-    """Read a YAML recipe (or the defaults when ``path`` is None), set ``updates`` (a command line's typed
-    flags: {key: value}), apply dotted overrides (``strict_overrides``: a key given twice is an error, as on
+    """Read a YAML recipe (or the defaults when ``path`` is None), set ``updates`` ({dotted key: value}, e.g. a
+    command line's typed flags), apply dotted overrides (``strict_overrides``: a key given twice is an error, as on
     the command line) and validate into a RunConfig, or into ``schema`` (another frozen dataclass, e.g. the
     settings of ``launch/eval.py``). ``upgrade``: rename the keys of ``RENAMED`` (a run directory's
     ``config.yaml`` written before the rename) instead of rejecting them."""
@@ -588,8 +594,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: the top level must be a mapping of " + (
                 "sections" if schema in (None, RunConfig) else "the keys: " + ", ".join(
                     f.name for f in dataclasses.fields(schema))))
-    data = {**(upgrade_keys(data) if upgrade else data), **(updates or {})}
+    data = upgrade_keys(data) if upgrade else _to_plain(data)
     try:
+        for key, value in (updates or {}).items():
+            _set(data, key, value, f"{key}={value!r}")
         return from_dict(apply_overrides(data, overrides or [], strict=strict_overrides), schema)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
