@@ -129,6 +129,42 @@ def reference_params(state: TrainState) -> Any:
     return state.frozen["reference"]
 
 
+def checkpoint_arrays(state: TrainState) -> dict:
+    """What a checkpoint holds (``tina_jax.checkpoint``): everything but the frozen base weights, which are
+    rebuilt from the config. The adapter's frozen constants (SVD factors, random projections) are kept: an SVD
+    recomputed on another backend may flip signs. The typed rng key is stored as its key data."""
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "adapter_frozen": state.frozen["adapter"],
+            "rng": jax.random.key_data(state.rng), "step": state.step}
+
+
+def restore_checkpoint_arrays(state: TrainState, arrays: dict) -> TrainState:
+    """``state`` (freshly built from the config) with the checkpointed ``arrays`` of
+    :func:`checkpoint_arrays` in place."""
+    frozen = dict(state.frozen, adapter=arrays["adapter_frozen"])
+    return state.replace(trainable=arrays["trainable"], opt_state=arrays["opt_state"], frozen=frozen,
+                         rng=jax.random.wrap_key_data(arrays["rng"]), step=arrays["step"])
+
+
+def trim_padding(batch: dict, multiple: int = 16) -> dict:
+    """Drop prompt columns that are padding in every row (left) and completion columns after the longest
+    completion (right), keeping widths multiples of ``multiple`` so few shapes compile. Exact: positions
+    come from the masks and padded keys are masked out, so the step's result does not change."""
+    import numpy as np
+
+    pm, cm = np.asarray(batch["prompt_mask"]), np.asarray(batch["completion_mask"])
+    p, c = pm.shape[1], cm.shape[1]
+    keep_p = min(p, -(-int(pm.sum(1).max()) // multiple) * multiple)
+    keep_c = min(c, -(-max(1, int(cm.sum(1).max())) // multiple) * multiple)
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("prompt_"):
+            v = v[:, p - keep_p:]
+        elif v.ndim == 2 and v.shape[1] == c:
+            v = v[:, :keep_c]
+        out[k] = v
+    return out
+
+
 def sequence_logprobs(cfg: ModelConfig, params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array,
                       completion_ids: jax.Array, completion_mask: jax.Array, chunk: int = 64,
                       temperature: float = 1.0, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -273,9 +309,8 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     for k in ("kl", "sampler_logprob_gap", "tis_weight", "tis_capped"):
         if k in means:
             metrics[k] = means[k]
-    if config.group_size is not None:
-        signal = batch["rewards"] if "rewards" in batch else advantages
-        metrics["zero_adv_group_frac"] = adv_lib.zero_advantage_group_fraction(signal, config.group_size)
+    if config.group_size is not None and "rewards" in batch:  # a caller passing advantages has the rewards
+        metrics["zero_adv_group_frac"] = adv_lib.zero_advantage_group_fraction(batch["rewards"], config.group_size)
     new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=rng)
     return new_state, metrics
 
