@@ -688,7 +688,8 @@ def finish_run(cfg: RunConfig, run_dir: Path, step: int, last_step: int, last_me
     summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
                **last_metrics}
     if t.plot and primary:
-        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
+        panels = runlog.SFT_PANELS if cfg.algorithm == "sft" else runlog.RL_PANELS  # SFT: no reward panel
+        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png", panels))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
                                        t.cost_per_device_hour)
     if primary:
