@@ -22,8 +22,9 @@ warmup_math          ``warmup_math_reward()``                    warm-up paper, 
 
 ``get_reward(name, **params)`` builds one by name; ``combine([(fn, weight), ...])`` sums them.
 
-What "correct" means belongs to each answer-checking reward: ``accuracy``, ``gsm8k_strict`` and ``kk`` carry
-``fn.correct_at`` (the value from which a completion counts as correct: 1.0, 1.0 and 2.0).
+What "correct" means belongs to each answer-checking reward: ``accuracy``, ``gsm8k_strict``, ``kk`` and
+``warmup_math`` carry ``fn.correct_at`` (the value from which a completion counts as correct: 1.0, 1.0, 2.0
+and 2.0).
 :func:`is_correct` applies it to a reward's values, a combined reward names its first such reward in
 ``combined.correctness``, and :func:`correctness_check` gives the check alone (held-out evaluation). So the
 trainer's accuracy metric is read from the reward values it already has, never recomputed.
