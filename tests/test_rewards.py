@@ -931,3 +931,34 @@ def test_length_reward_is_normalised_per_group_in_a_run():
     lo, hi = min(map(len, texts)), max(map(len, texts))
     assert whole == pytest.approx([0.5 - (len(texts[0]) - lo) / (hi - lo), min(0.0, 0.5 - (len(texts[1]) - lo) / (hi - lo)),
                                    0.5 - (len(texts[2]) - lo) / (hi - lo), 0.5 - (len(texts[3]) - lo) / (hi - lo)])
+
+
+def test_rewards_say_what_is_correct_and_the_check_agrees_with_their_values():
+    """Correctness belongs to each answer-checking reward (correct_at): a combined reward names it, so the
+    trainer reads the accuracy metric from the values it already has; correctness_check judges alone."""
+    from types import SimpleNamespace as NS
+
+    gsm = R.get_reward("gsm8k_strict")
+    vals = gsm(["so #### 72", "#### 71", "no answer"], answer=["72"] * 3)
+    assert vals == [1.0, 0.0, 0.0] and R.is_correct(gsm, vals) == [True, False, False]
+    nan_fn = lambda c, **f: [float("nan")]  # noqa: E731 - "no reward" is never correct
+    nan_fn.correct_at = 1.0
+    assert R.is_correct(nan_fn, [float("nan")]) == [False]
+    with pytest.raises(ValueError, match="does not say what is correct"):
+        R.is_correct(R.format_reward, [1.0])
+    assert R.combine([(R.format_reward, 1.0), (gsm, 1.0)]).correctness == ("gsm8k_strict", 1.0)
+    assert R.combine([(R.format_reward, 1.0)]).correctness is None
+
+    gold = "(1) Zoey is a knight\n(2) Oliver is a knave"
+    right = "<think>Zoey tells the truth.</think>\n<answer>(1) Zoey is a knight\n(2) Oliver is a knave</answer>"
+    wrong = right.replace("Zoey is a knight", "Zoey is a knave").replace("Oliver is a knave", "Oliver is a knight")
+    specs = [NS(name="format", weight=1.0, params={}), NS(name="kk", weight=1.0, params={})]
+    combined = R.build(specs)
+    total, per = combined([right, wrong], solution_text_format=[gold, gold])
+    assert per["kk"] == [R.kk_score_logic_rl(right, gold), R.kk_score_logic_rl(wrong, gold)] == [3.0, -0.5]
+    name, at = combined.correctness
+    assert (name, at) == ("kk", 2.0)
+    check_name, check = R.correctness_check(specs)
+    assert check_name == "kk" and check([right, wrong], solution_text_format=[gold, gold]) == [True, False]
+    assert [v >= at for v in per[name]] == [True, False]
+    assert R.correctness_check([specs[0]])[0] == "accuracy"  # no reward judges: accuracy with its defaults

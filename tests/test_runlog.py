@@ -161,3 +161,27 @@ def test_cost_line():
     assert cost_line(9, 1, "cpu", 1.0) == "cost: 0.0025 device-hours x $1.00/h (cpu) = $0.00"
     with pytest.raises(ValueError):
         cost_line(10, 0, "cpu", 1.0)
+
+
+def test_sft_runs_plot_loss_and_held_out_accuracy_and_the_bar_shows_the_loss(tmp_path):
+    from tina_jax.runlog import SFT_PANELS, SFT_POSTFIX
+
+    with MetricsWriter(tmp_path / "sft", tensorboard=False) as w:
+        for s in range(1, 7):
+            w.write(s, {"loss": 2.0 / s, "time/step_s": 1.5, **({"eval/greedy_accuracy": s / 10} if s % 3 == 0 else {})})
+    out = plot_run(tmp_path / "sft" / "metrics.jsonl", tmp_path / "sft.png", panels=SFT_PANELS)
+    (wd, ht), _ = _png_size(out)
+    assert (wd, ht) == (1000, 400)  # two panels: no empty reward or length panel
+    fig = _run_figure(read_metrics(tmp_path / "sft"), SFT_PANELS)
+    assert [ax.get_title() for ax in fig.axes] == ["training loss (per target token)", "held-out accuracy"]
+    assert _texts(fig) == [[], []]
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), [2.0 / s for s in range(1, 7)])
+    np.testing.assert_array_equal(fig.axes[1].lines[0].get_xdata(), [3, 6])
+    m = {"loss": 0.4321, "reward/mean": 0.5, "time/step_s": 2.0, "throughput/tokens_per_s": 100.0}
+    assert format_postfix(m, SFT_POSTFIX) == "loss=0.432 s/step=2 tok/s=100"
+    buf = io.StringIO()
+    with ProgressBar(total=2, log_every=1, file=buf, interactive=False, keys=SFT_POSTFIX) as pb:
+        pb.update(1, m)
+        pb.write("step 1: held-out greedy accuracy 0.500")
+    assert buf.getvalue().splitlines()[0].split(" | ")[1] == "loss=0.432 s/step=2 tok/s=100"
+    assert buf.getvalue().splitlines()[1] == "step 1: held-out greedy accuracy 0.500"

@@ -5,8 +5,9 @@
   run past the checkpoint it resumes from.
 - :func:`read_metrics` / :func:`plot_run` read and plot that file (reward, held-out accuracy,
   completion length against step).
-- :class:`ProgressBar` shows reward, accuracy, KL, length, step time and tokens/s (tqdm in a terminal
-  or notebook; one compact line every ``log_every`` steps in a non-interactive log such as CI).
+- :class:`ProgressBar` shows reward, accuracy, KL, length, step time and tokens/s (the SFT loop: loss, step
+  time and tokens/s; tqdm in a terminal or notebook; one compact line every ``log_every`` steps in a
+  non-interactive log such as CI); :meth:`ProgressBar.write` prints a message above the bar without breaking it.
 - :func:`format_samples` and :func:`cost_line` format example completions and the run's cost.
 
 (Named ``runlog`` rather than ``logging`` so it never shadows the standard library module.)
@@ -23,17 +24,22 @@ from typing import Any, Iterable, Mapping, Sequence, TextIO
 
 __all__ = [
     "MetricsWriter", "read_metrics", "plot_run", "ProgressBar", "format_postfix", "format_samples",
-    "cost_line", "METRICS_FILE",
+    "cost_line", "METRICS_FILE", "RL_POSTFIX", "SFT_POSTFIX", "RL_PANELS", "SFT_PANELS",
 ]
 
 METRICS_FILE = "metrics.jsonl"
 
-# Keys the progress bar / plots know about: (metrics key, short label).
-_POSTFIX_KEYS = (
+# Keys the progress bar shows: (metrics key, short label). RL runs, and supervised (SFT) runs.
+RL_POSTFIX = _POSTFIX_KEYS = (
     ("reward/mean", "reward"),
     ("reward/accuracy", "acc"),
     ("kl", "kl"),
     ("completion/mean_length", "len"),
+    ("time/step_s", "s/step"),
+    ("throughput/tokens_per_s", "tok/s"),
+)
+SFT_POSTFIX = (
+    ("loss", "loss"),
     ("time/step_s", "s/step"),
     ("throughput/tokens_per_s", "tok/s"),
 )
@@ -180,22 +186,29 @@ def _series(rows: Iterable[Mapping[str, Any]], key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-_PANELS = (
+# Panels of progress.png: (title, ((metrics key, legend label, line style), ...)). RL runs, and SFT runs
+# (no rollouts: training loss instead of reward, no completion lengths).
+_HELD_OUT = ("held-out accuracy", (("eval/greedy_accuracy", "greedy", "o-"), ("eval/sampled_accuracy", "sampled", "s--")))
+RL_PANELS = _PANELS = (
     ("mean reward", (("reward/mean", "reward/mean", "-"),)),
-    ("held-out accuracy", (("eval/greedy_accuracy", "greedy", "o-"), ("eval/sampled_accuracy", "sampled", "s--"))),
+    _HELD_OUT,
     ("mean completion length (tokens)", (("completion/mean_length", "length", "-"),)),
+)
+SFT_PANELS = (
+    ("training loss (per target token)", (("loss", "loss", "-"),)),
+    _HELD_OUT,
 )
 
 
-def _run_figure(rows: Sequence[Mapping[str, Any]]):
-    """The three-panel ``matplotlib.figure.Figure`` of :func:`plot_run` (1500 x 400 px)."""
+def _run_figure(rows: Sequence[Mapping[str, Any]], panels: Sequence = RL_PANELS):
+    """The ``matplotlib.figure.Figure`` of :func:`plot_run`: one 500 x 400 px panel each."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 4), dpi=100)
+    fig = Figure(figsize=(5 * len(panels), 4), dpi=100)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    for ax, (title, series) in zip(axes, _PANELS):
+    axes = fig.subplots(1, len(panels))
+    for ax, (title, series) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel("step")
         plotted = 0
@@ -213,15 +226,16 @@ def _run_figure(rows: Sequence[Mapping[str, Any]]):
     return fig
 
 
-def plot_run(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike) -> Path:
-    """Write a PNG with three panels against step: mean reward ("reward/mean"), held-out accuracy
-    ("eval/greedy_accuracy", "eval/sampled_accuracy", points and lines) and mean completion length
-    ("completion/mean_length"). A panel without data says "no data". Returns ``Path(out_png)``.
+def plot_run(metrics_jsonl: str | os.PathLike, out_png: str | os.PathLike, panels: Sequence = RL_PANELS) -> Path:
+    """Write a PNG with panels against step; ``RL_PANELS`` (default): mean reward ("reward/mean"), held-out
+    accuracy ("eval/greedy_accuracy", "eval/sampled_accuracy", points and lines) and mean completion length
+    ("completion/mean_length"); ``SFT_PANELS``: training loss and held-out accuracy. A panel without data
+    says "no data". Returns ``Path(out_png)``.
 
     Uses ``matplotlib.figure.Figure`` with an Agg canvas directly, so it neither needs a display nor
     touches pyplot's state or a notebook's backend.
     """
-    fig = _run_figure(read_metrics(metrics_jsonl))
+    fig = _run_figure(read_metrics(metrics_jsonl), panels)
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
@@ -243,11 +257,11 @@ def _fmt_num(v: float) -> str:
     return f"{v:.2e}"
 
 
-def format_postfix(metrics: Mapping[str, Any]) -> str:
-    """A compact ``label=value`` string of the metrics the progress bar shows (absent keys skipped),
-    e.g. ``"reward=0.42 acc=0.4 kl=1.20e-03 len=123 s/step=2.1 tok/s=512"``."""
+def format_postfix(metrics: Mapping[str, Any], keys: Sequence[tuple[str, str]] = RL_POSTFIX) -> str:
+    """A compact ``label=value`` string of the metrics the progress bar shows (``keys``: (metrics key,
+    label) pairs; absent keys skipped), e.g. ``"reward=0.42 acc=0.4 kl=1.20e-03 len=123 s/step=2.1 tok/s=512"``."""
     parts = []
-    for key, label in _POSTFIX_KEYS:
+    for key, label in keys:
         v = metrics.get(key)
         if v is None or isinstance(v, str):
             continue
@@ -280,13 +294,14 @@ class ProgressBar:
       log_every: line interval in non-interactive mode.
       file: the stream (default ``sys.stderr``).
       interactive: force tqdm (True) or line mode (False); None: tqdm in a notebook or a TTY.
+      keys: the metrics shown, (metrics key, label) pairs: ``RL_POSTFIX`` (default) or ``SFT_POSTFIX``.
     """
 
     def __init__(self, total: int, initial: int = 0, log_every: int = 10, file: TextIO | None = None,
-                 interactive: bool | None = None, desc: str = "train"):
+                 interactive: bool | None = None, desc: str = "train", keys: Sequence[tuple[str, str]] = RL_POSTFIX):
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
-        self.total, self.log_every, self.desc = int(total), int(log_every), desc
+        self.total, self.log_every, self.desc, self.keys = int(total), int(log_every), desc, tuple(keys)
         self.file = file if file is not None else sys.stderr
         if interactive is None:
             interactive = _in_notebook() or bool(getattr(self.file, "isatty", lambda: False)())
@@ -307,7 +322,7 @@ class ProgressBar:
     def update(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Move to ``step`` (the number of steps done) and show ``metrics``."""
         step = int(step)
-        postfix = format_postfix(metrics)
+        postfix = format_postfix(metrics, self.keys)
         if self._bar is not None:
             self._bar.set_postfix_str(postfix, refresh=False)
             self._bar.update(step - self._step)

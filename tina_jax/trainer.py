@@ -1,10 +1,26 @@
-"""The training loop: rollout -> rewards -> advantages -> grpo_step(s) -> eval -> checkpoint.
+"""The training loop, for GRPO and SFT (``algorithm: sft``): it only orchestrates.
 
     summary = train(load_config("configs/smollm2_arith_cpu.yaml"))
 
-Everything here is orchestration; the concepts live in their modules (models, adapters, sampling,
-rl, rewards, data, checkpoint, runlog). A run directory holds ``config.yaml`` (the resolved config),
-``data_report.json``, ``metrics.jsonl``, ``tb/``, ``samples.log``, ``checkpoints/`` and ``progress.png``.
+The shape of a run (levanter style)::
+
+    run = setup(cfg, resume)                  # model, data, rewards, adapter, state, loader, restore
+    for i in range(run.start, run.last_step):
+        state, metrics = step(run, state, i)  # GRPO: rollout -> rewards -> advantages -> update(s)
+                                              # SFT:  batch -> update
+        metrics |= hooks due at i + 1         # every N steps and at the last: held-out eval, benchmarks
+        log (metrics.jsonl, TensorBoard, progress bar); write samples every N; save every N, at the end,
+        and on a signal or the time limit
+
+Each concept lives in its module and this file only calls it: the data policy (``tina_jax.data.run_data``),
+what "correct" means (each reward, ``tina_jax.rewards``), what a checkpoint holds and padding trimming
+(next to ``TrainState``, ``tina_jax.rl.grpo``), the dry run and memory estimate (``tina_jax.dry_run``),
+the run directory's guard (``tina_jax.run_dir``), logs and the progress bar (``tina_jax.runlog``). Console
+messages go through one channel (:class:`Console`): while the progress bar is open they print above it.
+
+A run directory holds ``config.yaml`` (the resolved config), ``data_report.json``, ``metrics.jsonl``,
+``tb/``, ``samples.log`` (GRPO), ``checkpoints/``, ``eval/`` (benchmarks), ``summary.json`` and
+``progress.png``.
 
 Resuming is exact: the sampler key of step s is ``fold_in(key(seed), s)``, the grain iterator state,
 the trainable parameters, the optimizer state and the step rng are checkpointed, and the frozen
@@ -25,16 +41,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tina_jax import adapters, distributed, optim, sharding
+from tina_jax import adapters
 from tina_jax import config as config_lib
-from tina_jax.config import RunConfig, grpo_config, updates_per_rollout
+from tina_jax import distributed, optim, sharding
+from tina_jax.config import RunConfig
+from tina_jax.data.run_data import (build_data, build_eval_data, build_loader, build_sft_data, data_step_limit,
+                                    load_split)
 from tina_jax.rl import advantages as adv_lib
-from tina_jax.rl.grpo import TrainState, init_state, make_grpo_step, make_logprob_fn, policy_params
+from tina_jax.rl.grpo import (TrainState, checkpoint_arrays, init_state, make_grpo_step,
+                              make_logprob_fn, policy_params, restore_checkpoint_arrays, trim_padding)
 
 log = logging.getLogger("tina_jax.trainer")
 
-# Rewards whose value says "correct" (for accuracy metrics), with the threshold that means correct.
-_CORRECTNESS = {"accuracy": 1.0, "gsm8k_strict": 1.0, "kk": 2.0}
+# Kept importable from here (bench scripts and notebooks use them): their homes are named above.
+_checkpoint_arrays, _restore_state = checkpoint_arrays, restore_checkpoint_arrays
+__all__ = ["train", "setup", "step", "Run", "Hook", "Console", "evaluate", "dry_run", "load_run_policy",
+           "apply_init_from", "check_context", "correctness_fn", "TrainingError", "build_data", "build_eval_data",
+           "build_sft_data", "build_loader", "data_step_limit", "load_split", "trim_padding"]
 
 
 class TrainingError(RuntimeError):
@@ -42,97 +65,30 @@ class TrainingError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------
-# Building blocks
+# The run config translated into the library's objects
 # ------------------------------------------------------------------------------------------------
-def load_split(cfg: RunConfig, source: str, split: str | None, n: int | None):
-    """Raw records of one split (synthetic sources draw train and eval disjointly with data.seed)."""
-    from tina_jax.data import pipeline
-
-    d = cfg.data
-    kw: dict[str, Any] = {}
-    if source.startswith("synthetic:"):
-        kw = {"n": n, "seed": d.seed}
-        if split in (None, "train"):
-            kw["n_eval"] = d.n_eval if d.eval == source else 0
-        else:
-            kw["n_train"] = d.n_train or 0
-    records = pipeline.load_records(source, split, **kw)
-    if n is not None and not source.startswith("synthetic:"):
-        records = records.select(range(min(n, len(records)))) if hasattr(records, "select") else records[:n]
-    return records
-
-
-def _prompt_options(cfg: RunConfig) -> dict:
-    d = cfg.data
-    return dict(recipe=d.prompt_recipe, field_map=d.field_map or None, required_fields=d.required_fields,
-                max_prompt_length=d.max_prompt_length, overlong=d.overlong, keep_fields=d.keep_fields)
-
-
-def build_eval_data(cfg: RunConfig, tokenizer) -> tuple[list, dict | None]:
-    """(held-out examples of data.eval, report), prompts rendered as for training rollouts."""
-    from tina_jax.data import pipeline
-
-    d = cfg.data
-    if not d.eval:
-        return [], None
-    eval_ex, eval_rep = pipeline.prepare_examples(load_split(cfg, d.eval, d.eval_split, d.n_eval), tokenizer,
-                                                  **_prompt_options(cfg))
-    return eval_ex[:d.n_eval], eval_rep
-
-
-def build_data(cfg: RunConfig, tokenizer) -> tuple[list, list, dict]:
-    """(train examples, eval examples, report) with prompts rendered by the tokenizer's chat template."""
-    from tina_jax.data import pipeline
-
-    d = cfg.data
-    n_train = d.n_train if d.n_train is not None else (5000 if d.train.startswith("synthetic:") else None)
-    train_ex, train_rep = pipeline.prepare_examples(load_split(cfg, d.train, d.train_split, n_train), tokenizer,
-                                                    **_prompt_options(cfg))
-    eval_ex, eval_rep = build_eval_data(cfg, tokenizer)
-    return train_ex, eval_ex, {"train": train_rep, "eval": eval_rep}
-
-
-def build_loader(cfg: RunConfig, train_ex: list):
-    """The grain batch loader over the training examples (one batch = one rollout's prompts)."""
-    from tina_jax.data import pipeline
-
-    # Every process walks the same global order and holds the whole (small) batch of prompts; each scores
-    # its own prompt groups (tina_jax.distributed), so N processes train exactly as one does.
-    return pipeline.make_loader(train_ex, batch_size=cfg.grpo.prompts_per_step, seed=cfg.data.seed,
-                                num_epochs=cfg.data.num_epochs, shuffle=cfg.data.shuffle)
-
-
-def data_step_limit(cfg: RunConfig, loader) -> int | None:
-    """Rollout steps the data allows (batches per epoch x data.num_epochs), None when endless."""
-    if cfg.data.num_epochs is None:
-        return None
-    return loader.batches_per_epoch * cfg.data.num_epochs
-
-
 def build_rewards(cfg: RunConfig, tokenizer) -> Callable:
+    """The combined reward of the ``rewards`` section; ``fn.correctness`` names the reward that says what is
+    correct (``tina_jax.rewards``)."""
     from tina_jax import rewards
 
     return rewards.build(cfg.rewards, tokenizer, group_size=cfg.rollout.num_samples)
 
 
 def correctness_fn(cfg: RunConfig) -> tuple[str, Callable]:
-    """(reward name, fn(completions, **fields) -> list[bool]) used for accuracy metrics and eval."""
+    """(reward name, fn(completions, **fields) -> list[bool]) used for held-out accuracy: the first reward of
+    the ``rewards`` section that says what is correct (accuracy with its defaults if none does), judged as that
+    reward judges it (``tina_jax.rewards.correctness_check``)."""
     from tina_jax import rewards
 
-    for spec in cfg.rewards:
-        if spec.name in _CORRECTNESS:
-            fn = rewards.get_reward(spec.name, **{k: v for k, v in spec.params.items()
-                                                  if k not in ("length_unit",)})
-            thr = _CORRECTNESS[spec.name]
-            return spec.name, lambda c, **f: [bool(v >= thr) for v in fn(c, **f)]
-    fn = rewards.get_reward("accuracy")
-    return "accuracy", lambda c, **f: [bool(v >= 1.0) for v in fn(c, **f)]
+    return rewards.correctness_check(cfg.rewards)
+
+
 
 
 def _field_lists(examples: list[dict], repeat: int, skip=("prompt_ids", "prompt_text")) -> dict[str, list]:
     keys = [k for k in examples[0] if k not in skip]
     return {k: [ex.get(k) for ex in examples for _ in range(repeat)] for k in keys}
-
 
 # ------------------------------------------------------------------------------------------------
 # Rollout and evaluation
@@ -142,25 +98,6 @@ def rollout(model, params, examples: list[dict], sampling, rng, mesh=None):
     from tina_jax.sampling import generate
 
     return generate(model, [ex["prompt_ids"] for ex in examples], sampling, rng, params=params, mesh=mesh)
-
-
-def trim_padding(batch: dict, multiple: int = 16) -> dict:
-    """Drop prompt columns that are padding in every row (left) and completion columns after the longest
-    completion (right), keeping widths multiples of ``multiple`` so few shapes compile. Exact: positions
-    come from the masks and padded keys are masked out, so the step's result does not change."""
-    pm, cm = np.asarray(batch["prompt_mask"]), np.asarray(batch["completion_mask"])
-    p, c = pm.shape[1], cm.shape[1]
-    keep_p = min(p, -(-int(pm.sum(1).max()) // multiple) * multiple)
-    keep_c = min(c, -(-max(1, int(cm.sum(1).max())) // multiple) * multiple)
-    out = {}
-    for k, v in batch.items():
-        if k.startswith("prompt_"):
-            v = v[:, p - keep_p:]
-        elif v.ndim == 2 and v.shape[1] == c:
-            v = v[:, :keep_c]
-        out[k] = v
-    return out
-
 
 def evaluate(model, params, examples: list[dict], cfg: RunConfig, sampling_base, is_correct,
              rng, mesh=None) -> dict[str, float]:
@@ -186,36 +123,6 @@ def evaluate(model, params, examples: list[dict], cfg: RunConfig, sampling_base,
         out[f"eval/{name}_accuracy"] = float(np.mean(correct))
         out[f"eval/{name}_mean_length"] = float(np.mean(lengths))
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# The loop
-# ------------------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class _Stop:
-    signal: int | None = None
-
-    def __call__(self, signum, frame):
-        if self.signal is not None:  # a second Ctrl-C / TERM: the user does not want to wait for the step
-            raise KeyboardInterrupt(f"second signal {signum}: stopped at once without saving this step; the "
-                                    "last checkpoint is kept, rerun the same command to resume from it")
-        log.warning("received signal %s: finishing this step, saving a checkpoint, then exiting "
-                    "(send it again to stop at once)", signum)
-        self.signal = signum
-
-
-def _checkpoint_arrays(state: TrainState) -> dict:
-    """What a checkpoint holds: everything but the frozen base weights. The adapter's frozen constants
-    (SVD factors, random projections) are kept too: an SVD recomputed on another backend may flip signs."""
-    return {"trainable": state.trainable, "opt_state": state.opt_state, "adapter_frozen": state.frozen["adapter"],
-            "rng": jax.random.key_data(state.rng), "step": state.step}
-
-
-def _restore_state(state: TrainState, arrays: dict) -> TrainState:
-    frozen = dict(state.frozen, adapter=arrays["adapter_frozen"])
-    return state.replace(trainable=arrays["trainable"], opt_state=arrays["opt_state"], frozen=frozen,
-                         rng=jax.random.wrap_key_data(arrays["rng"]), step=arrays["step"])
-
 
 def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
                     console: Callable[[str], None] = print) -> tuple[Any, Any, dict]:
@@ -254,10 +161,10 @@ def load_run_policy(run_dir: str | Path, checkpoint: str | int = "best",
         adapter = adapters.build(cfg.adapter, model.config, model.params)
         state = init_state(model.config, model.params, optim.build_optimizer(cfg.optim, cfg.train.max_steps),
                            jax.random.key(cfg.train.seed), adapter=adapter)
-        arrays, _ = ckpt.restore(step, like=_checkpoint_arrays(state))
+        arrays, _ = ckpt.restore(step, like=checkpoint_arrays(state))
     finally:
         ckpt.close()
-    state = _restore_state(state, arrays)
+    state = restore_checkpoint_arrays(state, arrays)
     info = {"source": cfg.model.source, "run": str(run_dir), "checkpoint": int(step), "adapter": cfg.adapter.kind}
     return model, policy_params(state), info
 
@@ -294,6 +201,15 @@ def check_context(cfg: RunConfig, mcfg) -> None:
             f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
             f"tokens ({cfg.model.source}); lower one of them")
 
+def check_context(cfg: RunConfig, mcfg) -> None:
+    """Prompts plus completions must fit the model's context (the model config is known only once loaded)."""
+    need = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
+    if need > mcfg.max_position_embeddings:
+        raise TrainingError(
+            f"data.max_prompt_length ({cfg.data.max_prompt_length}) + rollout.max_new_tokens "
+            f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
+            f"tokens ({cfg.model.source}); lower one of them")
+
 
 def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
     """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
@@ -317,6 +233,333 @@ def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console:
         + f" ({key}; {m['time/bench_eval_s']:.0f}s, {run_dir / 'eval' / f'step_{step}'})")
     return m
 
+# ------------------------------------------------------------------------------------------------
+# setup: everything a run needs, built once
+# ------------------------------------------------------------------------------------------------
+class Console:
+    """The run's one output channel. While the progress bar is open, a line for the default console
+    (``print``) is written through the bar (above it, never through it); a caller's own console gets every
+    line as it is. Non-primary processes say nothing."""
+
+    def __init__(self, sink: Callable[[str], None] = print, enabled: bool = True):
+        self.sink, self.enabled, self.bar = sink, enabled, None
+
+    def __call__(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None and self.sink is print:
+            self.bar.write(text)
+        else:
+            self.sink(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """An action after a step: due every ``every`` steps (0: never) and, if ``at_end``, at the run's last
+    step. ``fn(run, state, step)`` returns metrics to log with the step (or None)."""
+
+    name: str
+    every: int
+    fn: Callable[["Run", TrainState, int], dict | None]
+    at_end: bool = False
+
+    def due(self, step: int, last_step: int) -> bool:
+        return bool(self.every and step % self.every == 0) or (self.at_end and step == last_step)
+
+
+@dataclasses.dataclass
+class Run:
+    """What :func:`step` and the hooks need, built once by :func:`setup`. ``state`` is the initial (or
+    restored) train state; the loop carries the current one."""
+
+    cfg: RunConfig
+    run_dir: Path
+    primary: bool  # only process 0 writes logs, plots and samples
+    console: Console
+    mesh: Any
+    multi: bool  # several devices or processes: arrays are placed on the mesh
+    model: Any
+    train_ex: list
+    eval_ex: list
+    loader: Any
+    ckpt: Any
+    writer: Any
+    state: TrainState
+    start: int  # steps already done (resume)
+    last_step: int  # train.max_steps, or fewer when the data ends first
+    update: Callable  # the jitted (state, batch) -> (state, metrics) update
+    schedule: Callable  # optimizer update count -> learning rate
+    sampling: Any
+    is_correct: Callable
+    t_start: float
+    metric_hooks: list[Hook] = dataclasses.field(default_factory=list)  # their metrics join the step's row
+    action_hooks: list[Hook] = dataclasses.field(default_factory=list)  # after the row is written
+    sample_root: Any = None
+    eval_root: Any = None
+    reward_fn: Callable | None = None  # GRPO
+    old_logprob_fn: Callable | None = None  # GRPO, several updates per rollout
+    pad_id: int = 0
+    row_multiple: int = 1  # SFT: batch rows padded to a multiple of this
+    samples: tuple | None = None  # (prompts, completions, rewards) of the latest rollout, for samples.log
+
+    @property
+    def step_mesh(self):
+        return self.mesh if self.multi else None
+
+    def place(self, batch: dict) -> dict:
+        """Host arrays as global arrays sharded over the mesh's batch axes (as they are on one device)."""
+        if not self.multi:
+            return batch
+        return {k: distributed.place(np.asarray(v), sharding.batch_sharding(self.mesh, np.ndim(v)))
+                for k, v in batch.items()}
+
+
+def setup(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print) -> Run:
+    """Load the model (and ``init_from``), prepare the data, build rewards, adapter, train state, jitted
+    update, loader, checkpointer and metrics writer, and restore the newest intact checkpoint when resuming.
+    The run directory must already be claimed (:func:`train` does it through ``tina_jax.run_dir``)."""
+    from tina_jax import checkpoint, runlog
+    from tina_jax.models import load_model
+
+    t_start = time.time()
+    sft = cfg.algorithm == "sft"
+    run_dir = Path(cfg.train.run_dir)
+    primary = distributed.is_primary()
+    say = Console(console, enabled=primary)
+
+    mesh = sharding.make_mesh(cfg.mesh.shape)
+    if not sft:
+        rows = cfg.grpo.prompts_per_step * cfg.rollout.num_samples
+        sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
+    multi = mesh.size > 1 or jax.process_count() > 1
+
+    model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
+                       mesh=mesh if multi else None, remat=cfg.model.remat)
+    model = apply_init_from(cfg, model, say)
+    mcfg, tok = model.config, model.tokenizer
+    if not sft:
+        check_context(cfg, mcfg)
+    if tok is None:
+        raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render "
+                            f"{'data' if sft else 'prompts'}")
+    say(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
+        f"parameters ({mcfg.family}, {mcfg.param_dtype})")
+
+    if sft:
+        train_ex, train_rep = build_sft_data(cfg, tok)
+        eval_ex, eval_rep = build_eval_data(cfg, tok)
+        report = {"train": train_rep, "eval": eval_rep}
+    else:
+        train_ex, eval_ex, report = build_data(cfg, tok)
+    if primary:
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if sft:
+        from tina_jax.sft_trainer import data_line
+
+        say(data_line(cfg, report["train"], len(eval_ex)))
+    else:
+        say(f"data: {report['train']['kept']}/{report['train']['total']} train examples kept"
+            + (f", {len(eval_ex)} eval" if eval_ex else ""))
+    reward_fn = None if sft else build_rewards(cfg, tok)
+    _, is_correct = correctness_fn(cfg)
+
+    adapter = adapters.build(cfg.adapter, mcfg, model.params)
+    k_updates = 1 if sft else config_lib.updates_per_rollout(cfg)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, k_updates)
+    state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
+                       keep_reference=not sft and adapter is None and cfg.grpo.loss.beta > 0)
+    if adapter is not None:
+        say(adapters.summary(adapter))
+    if multi:
+        state = distributed.put(state, sharding.tree_shardings(state, mesh))
+    old_logprob_fn = None
+    if sft:
+        from tina_jax.rl.sft import make_sft_step
+
+        update = make_sft_step(config_lib.sft_config(cfg),
+                               mesh=mesh if multi else None, state=state)
+    else:
+        gcfg = config_lib.grpo_config(cfg)
+        update = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
+        old_logprob_fn = make_logprob_fn(gcfg)
+    schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, k_updates)  # update count -> rate
+
+    loader = build_loader(cfg, train_ex)
+    data_steps = data_step_limit(cfg, loader)
+    last_step = min(cfg.train.max_steps, data_steps) if data_steps is not None else cfg.train.max_steps
+    if last_step < cfg.train.max_steps:
+        what = f"{cfg.sft.batch_size} sequences" if sft else f"{cfg.grpo.prompts_per_step} prompts"
+        say(f"data: {data_steps} steps of {what} ({loader.batches_per_epoch} per epoch x {cfg.data.num_epochs} "
+            f"epochs) < train.max_steps {cfg.train.max_steps}: the run ends at step {data_steps}")
+    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
+                                   best_metric="eval/greedy_accuracy")
+    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
+    start = 0
+    found = ckpt.restore_latest_intact(checkpoint_arrays(state), say) if resume else None
+    if found is not None:
+        _, arrays, meta = found
+        state = restore_checkpoint_arrays(state, arrays)
+        loader.set_state(meta["loader"])
+        start = int(meta["step"])
+        writer.truncate_after(start)
+        say(f"resumed from {run_dir / 'checkpoints'} at step {start}")
+
+    run = Run(cfg=cfg, run_dir=run_dir, primary=primary, console=say, mesh=mesh, multi=multi, model=model,
+              train_ex=train_ex, eval_ex=eval_ex, loader=loader, ckpt=ckpt, writer=writer, state=state, start=start,
+              last_step=last_step, update=update, schedule=schedule, sampling=config_lib.sampling_config(cfg),
+              is_correct=is_correct, t_start=t_start, sample_root=jax.random.key(cfg.train.seed + 1),
+              eval_root=jax.random.key(cfg.train.seed + 2), reward_fn=reward_fn, old_logprob_fn=old_logprob_fn,
+              pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
+              row_multiple=cfg.sft.micro_batch_size or mesh.shape["data"] * mesh.shape["fsdp"])
+    run.metric_hooks, run.action_hooks = default_hooks(run)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------
+# step: one training step
+# ------------------------------------------------------------------------------------------------
+def step(run: Run, state: TrainState, i: int) -> tuple[TrainState, dict]:
+    """Training step ``i + 1`` from ``state`` (``i`` steps done): the next batch of the loader, then a GRPO
+    rollout and its updates, or an SFT update. Returns the new state and the step's metrics; raises
+    StopIteration when the data has run out and TrainingError on a non-finite loss (nothing saved)."""
+    if run.cfg.algorithm == "sft":
+        from tina_jax.sft_trainer import sft_train_step
+
+        return sft_train_step(run, state, i)
+    return grpo_train_step(run, state, i)
+
+
+def grpo_train_step(run: Run, state: TrainState, i: int) -> tuple[TrainState, dict]:
+    """Rollout (G completions per prompt) -> rewards -> group advantages -> grpo.num_iterations passes over
+    grpo.mini_batches mini-batches of updates."""
+    cfg, r = run.cfg, run.cfg.rollout
+    t0 = time.time()
+    examples = next(run.loader)
+    params = policy_params(state)
+    gen = rollout(run.model, params, examples, run.sampling, jax.random.fold_in(run.sample_root, i), run.step_mesh)
+    batch, texts = gen.batch(), gen.texts
+    lens, truncated = np.asarray(gen.lengths), np.asarray(gen.truncated)
+    t_sample = time.time() - t0
+    fields = _field_lists(examples, r.num_samples)
+    rewards, per_reward = distributed.score_split(  # each process scores its own prompt groups
+        lambda texts, completion_lengths, **f: run.reward_fn(list(texts), completion_lengths=list(completion_lengths), **f),
+        len(examples), r.num_samples, texts=texts, completion_lengths=[int(x) for x in lens], **fields)
+    rewards = np.asarray(rewards, np.float32)
+    t_reward = time.time() - t0 - t_sample
+    batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_samples,
+                                                     cfg.grpo.advantage, cfg.grpo.adv_eps)
+    batch = trim_padding(batch)
+    if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
+        batch["old_logprobs"] = distributed.to_host(run.old_logprob_fn(state, run.place(batch)))
+    n_mb = cfg.grpo.mini_batches
+    mb_rows = len(rewards) // n_mb
+    first_update = int(state.step)
+    ms = []
+    for _ in range(cfg.grpo.num_iterations):
+        for k in range(n_mb):
+            mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
+            state, m = run.update(state, run.place(mb))
+            ms.append(m)
+    m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
+    if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
+        # raised before the loop saves: a non-finite update never reaches a checkpoint
+        raise TrainingError(
+            f"loss is {m['loss']} at step {i + 1} (grad norm {m['grad_norm']}); nothing of this step was "
+            f"saved (the last checkpoint is intact); lower optim.lr, check the rewards (mean "
+            f"{rewards.mean():.3f}), or set optim.max_grad_norm")
+    dt = time.time() - t0
+    k_updates = len(ms)
+    metrics = {
+        "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
+        "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_samples)),
+        "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
+            jnp.asarray(rewards), r.num_samples)),
+        **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
+        "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
+        **m, "lr": float(np.mean([run.schedule(first_update + j) for j in range(k_updates)])),
+        "time/step_s": dt, "time/sample_s": t_sample, "time/reward_s": t_reward,
+        "time/train_s": dt - t_sample - t_reward, "throughput/tokens_per_s": int(lens.sum()) / dt,
+        "time/elapsed_s": time.time() - run.t_start,
+    }
+    if run.reward_fn.correctness is not None:  # the reward already judged each completion: read it
+        name, at = run.reward_fn.correctness
+        metrics["reward/accuracy"] = float(np.mean(np.asarray(per_reward[name]) >= at))
+    run.samples = ([examples[j // r.num_samples]["prompt_text"] for j in range(len(texts))], texts,
+                   rewards.tolist())
+    return state, metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Hooks: actions every N steps
+# ------------------------------------------------------------------------------------------------
+def eval_hook(run: Run, state: TrainState, step: int) -> dict:
+    """Held-out accuracy on data.eval (greedy, and sampled with train.eval_samples > 0)."""
+    t0 = time.time()
+    m = evaluate(run.model, policy_params(state), run.eval_ex, run.cfg, run.sampling, run.is_correct,
+                 run.eval_root, run.step_mesh)
+    m["time/eval_s"] = time.time() - t0
+    run.console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
+                + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
+                + f" ({len(run.eval_ex)} problems, {m['time/eval_s']:.0f}s)")
+    return m
+
+
+def bench_hook(run: Run, state: TrainState, step: int) -> dict:
+    """The eval section's benchmarks on the current weights (``tina_jax.evaluation``)."""
+    return bench_eval(run.cfg, run.model, policy_params(state), run.run_dir, step, run.console)
+
+
+def samples_hook(run: Run, state: TrainState, step: int) -> None:
+    """Append the first completions of the step's rollout to samples.log."""
+    from tina_jax import runlog
+
+    if run.primary and run.samples is not None:
+        with open(run.run_dir / "samples.log", "a") as f:
+            f.write(runlog.format_samples(step, *run.samples))
+
+
+def default_hooks(run: Run) -> tuple[list[Hook], list[Hook]]:
+    """(metric hooks, action hooks) of a run: held-out eval every train.eval_every steps and at the end;
+    benchmarks every eval.every steps and at the end (eval.at_end); samples every train.sample_every (GRPO)."""
+    cfg, t = run.cfg, run.cfg.train
+    metric = []
+    if t.eval_every and run.eval_ex:
+        metric.append(Hook("eval", t.eval_every, eval_hook, at_end=True))
+    if cfg.eval.benchmarks:
+        metric.append(Hook("benchmarks", cfg.eval.every or 0, bench_hook, at_end=cfg.eval.at_end))
+    action = []
+    if cfg.algorithm != "sft" and t.sample_every:
+        action.append(Hook("samples", t.sample_every, samples_hook))
+    return metric, action
+
+
+def save(run: Run, state: TrainState, step: int, metrics: dict) -> None:
+    """Checkpoint ``step``: the state's arrays, the loader position, and the step's eval metrics (which rank
+    the best checkpoint)."""
+    run.ckpt.save(step, checkpoint_arrays(state), {"loader": run.loader.get_state(), "step": step},
+                  metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Stop:
+    signal: int | None = None
+    console: Callable[[str], None] | None = None
+
+    def __call__(self, signum, frame):
+        if self.signal is not None:  # a second Ctrl-C / TERM: the user does not want to wait for the step
+            raise KeyboardInterrupt(f"second signal {signum}: stopped at once without saving this step; the "
+                                    "last checkpoint is kept, rerun the same command to resume from it")
+        msg = (f"received signal {signum}: finishing this step, saving a checkpoint, then exiting "
+               "(send it again to stop at once)")
+        if self.console is not None:
+            self.console(msg)
+        else:
+            log.warning(msg)
+        self.signal = signum
+
 
 def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = print,
           overwrite: bool = False) -> dict:
@@ -328,212 +571,63 @@ def train(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
 
     guard = open_run_dir(cfg, resume=resume, overwrite=overwrite, primary=distributed.is_primary())
     try:
-        if cfg.algorithm == "sft":
-            from tina_jax.sft_trainer import train_sft
-
-            return train_sft(cfg, resume=resume, console=console)
-        return _train_grpo(cfg, resume, console)
+        return loop(setup(cfg, resume, console))
     finally:
         guard.release()
 
 
-def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) -> dict:
-    from tina_jax import checkpoint, runlog
-    from tina_jax.models import load_model
+def loop(run: Run) -> dict:
+    """Steps ``run.start + 1 .. run.last_step`` with their hooks, logs and checkpoints; then :func:`finish_run`."""
+    from tina_jax import runlog
 
-    t_start = time.time()
-    run_dir = Path(cfg.train.run_dir)
-    primary = distributed.is_primary()  # only process 0 writes logs, plots and samples
-    if not primary:
-        console = lambda *a, **k: None  # noqa: E731
-
-    mesh = sharding.make_mesh(cfg.mesh.shape)
-    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_samples
-    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
-    multi = mesh.size > 1 or jax.process_count() > 1
-
-    model = load_model(cfg.model.source, dtype=cfg.model.dtype, compute_dtype=cfg.model.compute_dtype,
-                       mesh=mesh if multi else None, remat=cfg.model.remat)
-    model = apply_init_from(cfg, model, console)
-    mcfg, tok = model.config, model.tokenizer
-    check_context(cfg, mcfg)
-    if tok is None:
-        raise TrainingError(f"model {cfg.model.source} has no tokenizer; tina_jax needs one to render prompts")
-    console(f"model {cfg.model.source}: {sum(x.size for x in jax.tree.leaves(model.params)) / 1e6:.1f}M "
-            f"parameters ({mcfg.family}, {mcfg.param_dtype})")
-
-    train_ex, eval_ex, report = build_data(cfg, tok)
-    if primary:
-        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    console(f"data: {report['train']['kept']}/{report['train']['total']} train examples kept"
-            + (f", {len(eval_ex)} eval" if eval_ex else ""))
-    reward_fn = build_rewards(cfg, tok)
-    correct_name, is_correct = correctness_fn(cfg)
-
-    adapter = adapters.build(cfg.adapter, mcfg, model.params)
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
-    state = init_state(mcfg, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
-                       keep_reference=adapter is None and cfg.grpo.loss.beta > 0)
-    if adapter is not None:
-        console(adapters.summary(adapter))
-    if multi:
-        state = distributed.put(state, sharding.tree_shardings(state, mesh))
-    gcfg = grpo_config(cfg)
-    step_fn = make_grpo_step(gcfg, mesh=mesh if multi else None, state=state)
-    old_logprob_fn = make_logprob_fn(gcfg)
-    k_updates = updates_per_rollout(cfg)
-    schedule = optim.update_schedule(cfg.optim, cfg.train.max_steps, k_updates)  # update count -> rate
-
-    loader = build_loader(cfg, train_ex)
-    data_steps = data_step_limit(cfg, loader)
-    last_step = min(cfg.train.max_steps, data_steps) if data_steps is not None else cfg.train.max_steps
-    if last_step < cfg.train.max_steps:
-        console(f"data: {data_steps} steps of {cfg.grpo.prompts_per_step} prompts "
-                f"({loader.batches_per_epoch} per epoch x {cfg.data.num_epochs} epochs) < train.max_steps "
-                f"{cfg.train.max_steps}: the run ends at step {data_steps}")
-    ckpt = checkpoint.Checkpointer(run_dir / "checkpoints", keep_last=cfg.train.keep_last,
-                                   best_metric=f"eval/greedy_accuracy")
-    writer = runlog.MetricsWriter(run_dir, tensorboard=cfg.train.tensorboard) if primary else distributed.NullWriter()
-    start = 0
-    found = ckpt.restore_latest_intact(_checkpoint_arrays(state), console) if resume else None
-    if found is not None:
-        _, arrays, meta = found
-        state = _restore_state(state, arrays)
-        loader.set_state(meta["loader"])
-        start = int(meta["step"])
-        writer.truncate_after(start)
-        console(f"resumed from {run_dir / 'checkpoints'} at step {start}")
-
-    r = cfg.rollout
-    sampling = config_lib.sampling_config(cfg)  # stop and pad ids: the tokenizer's (sampling.generate)
-    sample_root = jax.random.key(cfg.train.seed + 1)
-    eval_root = jax.random.key(cfg.train.seed + 2)
-
-    def run_eval(step: int) -> dict:
-        t0 = time.time()
-        m = evaluate(model, policy_params(state), eval_ex, cfg, sampling, is_correct, eval_root,
-                     mesh if multi else None)
-        m["time/eval_s"] = time.time() - t0
-        console(f"step {step}: held-out greedy accuracy {m['eval/greedy_accuracy']:.3f}"
-                + (f", sampled {m['eval/sampled_accuracy']:.3f}" if "eval/sampled_accuracy" in m else "")
-                + f" ({len(eval_ex)} problems, {m['time/eval_s']:.0f}s)")
-        return m
-
-    def run_bench_eval(step: int) -> dict:
-        """The eval section's benchmarks on the current weights (``tina_jax.evaluation``)."""
-        return bench_eval(cfg, model, policy_params(state), run_dir, step, console)
-
-    stopper = _Stop()
+    cfg, t = run.cfg, run.cfg.train
+    stopper = _Stop(console=run.console)
     old_handlers = {s: signal.signal(s, stopper) for s in (signal.SIGINT, signal.SIGTERM)}
-    bar = runlog.ProgressBar(total=last_step, initial=start, log_every=cfg.train.log_every,
-                             **({} if primary else {"file": distributed.NullWriter(), "interactive": False}))
-    t = cfg.train
-    last_metrics: dict = {}
+    bar = runlog.ProgressBar(total=run.last_step, initial=run.start, log_every=t.log_every,
+                             keys=runlog.SFT_POSTFIX if cfg.algorithm == "sft" else runlog.RL_POSTFIX,
+                             **({} if run.primary else {"file": distributed.NullWriter(), "interactive": False}))
+    run.console.bar = bar
+    state, done, last_metrics = run.state, run.start, {}
     try:
-        if start == 0 and t.eval_every and eval_ex:
-            writer.write(0, run_eval(0))
-        step = start
-        while step < last_step:
-            t0 = time.time()
+        if run.start == 0 and t.eval_every and run.eval_ex:
+            run.writer.write(0, eval_hook(run, state, 0))
+        while done < run.last_step:
             try:
-                examples = next(loader)
+                state, metrics = step(run, state, done)
             except StopIteration:  # fewer batches than counted (should not happen): end cleanly all the same
-                last_step = step
-                if step > start:
-                    ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
-                              metrics={k: v for k, v in last_metrics.items() if k.startswith("eval/")} or None)
+                run.last_step = done
+                if done > run.start:
+                    save(run, state, done, last_metrics)
                 break
-            params = policy_params(state)
-            gen = rollout(model, params, examples, sampling, jax.random.fold_in(sample_root, step),
-                          mesh if multi else None)
-            batch, texts = gen.batch(), gen.texts
-            lens, truncated = np.asarray(gen.lengths), np.asarray(gen.truncated)
-            t_sample = time.time() - t0
-            fields = _field_lists(examples, r.num_samples)
-            rewards, per_reward = distributed.score_split(  # each process scores its own prompt groups
-                lambda texts, completion_lengths, **f: reward_fn(list(texts), completion_lengths=list(completion_lengths), **f),
-                len(examples), r.num_samples, texts=texts, completion_lengths=[int(x) for x in lens], **fields)
-            rewards = np.asarray(rewards, np.float32)
-            t_reward = time.time() - t0 - t_sample
-            batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_samples,
-                                                             cfg.grpo.advantage, cfg.grpo.adv_eps)
-            batch = trim_padding(batch)
-            place = ((lambda b: {k: distributed.place(np.asarray(v), sharding.batch_sharding(mesh, np.ndim(v)))
-                                 for k, v in b.items()}) if multi else (lambda b: b))
-            if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
-                batch["old_logprobs"] = distributed.to_host(old_logprob_fn(state, place(batch)))
-            n_mb = cfg.grpo.mini_batches
-            mb_rows = rows // n_mb
-            first_update = int(state.step)
-            ms = []
-            for _ in range(cfg.grpo.num_iterations):
-                for k in range(n_mb):
-                    mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
-                    state, m = step_fn(state, place(mb))
-                    ms.append(m)
-            m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
-            if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
-                # raised before the save below: a non-finite update never reaches a checkpoint
-                raise TrainingError(
-                    f"loss is {m['loss']} at step {step + 1} (grad norm {m['grad_norm']}); nothing of this step was "
-                    f"saved (the last checkpoint is intact); lower optim.lr, check the rewards (mean "
-                    f"{rewards.mean():.3f}), or set optim.max_grad_norm")
-            step += 1
-            dt = time.time() - t0
-            tokens = int(lens.sum())
-            metrics = {
-                "reward/mean": float(np.nanmean(rewards)), "reward/std": float(np.nanstd(rewards)),
-                "reward/group_std_mean": float(adv_lib.group_std_mean(jnp.asarray(rewards), r.num_samples)),
-                "reward/zero_adv_group_frac": float(adv_lib.zero_advantage_group_fraction(
-                    jnp.asarray(rewards), r.num_samples)),
-                **{f"reward/{k}": float(np.nanmean(np.asarray(v, np.float32))) for k, v in per_reward.items()},
-                "completion/mean_length": float(lens.mean()), "completion/truncated_frac": float(truncated.mean()),
-                **m, "lr": float(np.mean([schedule(first_update + j) for j in range(k_updates)])),
-                "time/step_s": dt, "time/sample_s": t_sample, "time/reward_s": t_reward,
-                "time/train_s": dt - t_sample - t_reward, "throughput/tokens_per_s": tokens / dt,
-                "time/elapsed_s": time.time() - t_start,
-            }
-            if correct_name in per_reward:
-                metrics["reward/accuracy"] = float(np.mean(distributed.score_split(
-                    lambda texts, **f: is_correct(list(texts), **f), len(examples), r.num_samples,
-                    texts=texts, **fields)))
-            # End-of-run hook: step == last_step is the last step of the run (train.max_steps, or the end of
-            # the data); the final held-out evaluation runs there, and its metrics go into the final checkpoint.
-            if t.eval_every and eval_ex and (step % t.eval_every == 0 or step == last_step):
-                metrics.update(run_eval(step))
-            if cfg.eval.benchmarks and cfg.eval.every and step % cfg.eval.every == 0:
-                metrics.update(run_bench_eval(step))
-            writer.write(step, metrics)
-            bar.update(step, metrics)
+            done += 1
+            for hook in run.metric_hooks:  # the last step's evaluations go into the final checkpoint
+                if hook.due(done, run.last_step):
+                    metrics.update(hook.fn(run, state, done) or {})
+            run.writer.write(done, metrics)
+            bar.update(done, metrics)
             last_metrics = metrics
-            if primary and t.sample_every and step % t.sample_every == 0:
-                with open(run_dir / "samples.log", "a") as f:
-                    f.write(runlog.format_samples(step, [examples[i // r.num_samples]["prompt_text"]
-                                                         for i in range(len(texts))], texts, rewards.tolist()))
-            out_of_time = t.time_limit_minutes is not None and (time.time() - t_start) > 60 * t.time_limit_minutes
+            for hook in run.action_hooks:
+                if hook.due(done, run.last_step):
+                    hook.fn(run, state, done)
+            out_of_time = t.time_limit_minutes is not None and (time.time() - run.t_start) > 60 * t.time_limit_minutes
             halt = distributed.any_process(stopper.signal is not None or out_of_time)  # all processes stop together
-            if step % t.save_every == 0 or step == last_step or halt:
-                ckpt.save(step, _checkpoint_arrays(state), {"loader": loader.get_state(), "step": step},
-                          metrics={k: v for k, v in metrics.items() if k.startswith("eval/")} or None)
+            if done % t.save_every == 0 or done == run.last_step or halt:
+                save(run, state, done, metrics)
             if halt:
-                console(f"stopping at step {step} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
-                        f" checkpoint saved, rerun the same command to resume")
+                run.console(f"stopping at step {done} ({'signal ' + str(stopper.signal) if stopper.signal else 'time limit'});"
+                            f" checkpoint saved, rerun the same command to resume")
                 break
-        # The final weights on the eval section's benchmarks (cached samples make a repeat cheap).
-        if (cfg.eval.benchmarks and cfg.eval.at_end and not stopper.signal and step >= last_step
-                and not (cfg.eval.every and step > start and step % cfg.eval.every == 0)):
-            final = run_bench_eval(step)
-            writer.write(step, final)
-            last_metrics = {**last_metrics, **final}
     finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
+        run.ckpt.wait()
+        run.ckpt.close()
+        run.writer.close()
+        run.console.bar = None
         bar.close()
         for s, h in old_handlers.items():
             signal.signal(s, h)
 
-    return finish_run(cfg, run_dir, step, last_step, last_metrics, t_start, stopper.signal, primary, console)
+    return finish_run(cfg, run.run_dir, done, run.last_step, last_metrics, run.t_start, stopper.signal, run.primary,
+                      run.console)
 
 
 def finish_run(cfg: RunConfig, run_dir: Path, step: int, last_step: int, last_metrics: dict, t_start: float,
@@ -550,7 +644,8 @@ def finish_run(cfg: RunConfig, run_dir: Path, step: int, last_step: int, last_me
     summary = {"steps": step, "elapsed_s": elapsed, "run_dir": str(run_dir), "data_exhausted": exhausted,
                **last_metrics}
     if t.plot and primary:
-        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png"))
+        panels = runlog.SFT_PANELS if cfg.algorithm == "sft" else runlog.RL_PANELS  # SFT: no reward panel
+        summary["plot"] = str(runlog.plot_run(run_dir / "metrics.jsonl", run_dir / "progress.png", panels))
     summary["cost"] = runlog.cost_line(elapsed, jax.device_count(), jax.devices()[0].platform,
                                        t.cost_per_device_hour)
     if primary:
@@ -560,198 +655,8 @@ def finish_run(cfg: RunConfig, run_dir: Path, step: int, last_step: int, last_me
         raise KeyboardInterrupt(f"stopped by signal {signal_seen} after saving step {step}")
     return summary
 
-
-# ------------------------------------------------------------------------------------------------
-# Dry run: everything that does not need the weights
-# ------------------------------------------------------------------------------------------------
-def _gib(nbytes: float) -> str:
-    return f"{nbytes / 2**30:.2f} GiB"
-
-
-def _tree_bytes(tree) -> int:
-    return int(sum(np.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
-
-
-def _report_data_steps(cfg: RunConfig, loader, console) -> int | None:
-    steps = data_step_limit(cfg, loader)
-    t = cfg.train
-    if steps is None:
-        console(f"data allows endless steps (data.num_epochs null; {loader.batches_per_epoch} per epoch); "
-                f"train.max_steps {t.max_steps}")
-    else:
-        end = (f"the run ends at step {steps} (data exhausted)" if steps < t.max_steps
-               else f"train.max_steps {t.max_steps} uses {t.max_steps / loader.batches_per_epoch:.2f} epochs")
-        console(f"data allows {steps} steps ({loader.batches_per_epoch} batches of {cfg.grpo.prompts_per_step} "
-                f"prompts per epoch x {cfg.data.num_epochs} epochs); {end}")
-    return steps
-
-
-def _remote_source(source: str) -> bool:
-    """True for a hub dataset id (skipped offline by the dry run); False for synthetic tasks and anything that
-    names a local file (an existing path, a data-file suffix, or an absolute/relative path)."""
-    if source.startswith("synthetic:") or Path(source).exists():
-        return False
-    if Path(source).suffix in (".jsonl", ".json", ".parquet", ".csv", ".arrow"):
-        return False
-    return not source.startswith(("/", "./", "../", "~"))
-
-
 def dry_run(cfg: RunConfig, console: Callable[[str], None] = print, memory_plan: bool = True) -> dict:
-    """Validate a recipe without weights: config, model config, tokenizer and data where reachable,
-    prompt rendering, and the shapes of the whole GRPO step via ``jax.eval_shape``; prints memory estimates."""
-    if cfg.algorithm == "sft":
-        from tina_jax.sft_trainer import dry_run_sft
+    """Validate a recipe without the weights (``tina_jax.dry_run``)."""
+    from tina_jax.dry_run import dry_run as _dry_run
 
-        return dry_run_sft(cfg, console)
-    from tina_jax.models import decoder, load_config
-    from tina_jax.rl.grpo import grpo_step
-
-    report: dict[str, Any] = {"config": "ok"}
-    mcfg = load_config(cfg.model.source, param_dtype=cfg.model.dtype or "bfloat16",
-                       compute_dtype=cfg.model.compute_dtype or cfg.model.dtype or "bfloat16", remat=cfg.model.remat)
-    check_context(cfg, mcfg)
-    try:
-        mesh = sharding.make_mesh(cfg.mesh.shape)  # fails here as in the real run: too few devices, ...
-    except ValueError as e:
-        n = int(np.prod([m for m in cfg.mesh.shape if m > 0]))
-        raise ValueError(f"{e} (to dry-run a larger mesh on a CPU, start the process with "
-                         f"XLA_FLAGS=--xla_force_host_platform_device_count={n})") from None
-    rows = cfg.grpo.prompts_per_step * cfg.rollout.num_samples
-    sharding.check_batch_divides(rows // cfg.grpo.mini_batches, mesh, "rollout mini-batch (completions)")
-    console(f"model config: {mcfg.family}, {mcfg.num_layers} layers, hidden {mcfg.hidden_size}, "
-            f"vocab {mcfg.vocab_size}, {mcfg.param_dtype}")
-
-    tok = None
-    try:
-        from tina_jax.models.loading import REGISTRY, load_tokenizer, resolve_source
-
-        entry = REGISTRY.get(cfg.model.source)
-        if entry is None or entry.package is not None or Path(cfg.model.source).exists():
-            tok = load_tokenizer(resolve_source(cfg.model.source))
-        else:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(entry.hub_id)
-    except Exception as e:  # offline: the hub is unreachable
-        report["tokenizer"] = f"not available offline ({type(e).__name__}); prompt rendering not checked"
-        console(f"tokenizer: {report['tokenizer']}")
-    if tok is not None:
-        try:
-            train_ex, eval_ex, data_rep = build_data(cfg, tok)
-            report["data"] = data_rep
-            lens = [len(e["prompt_ids"]) for e in train_ex]
-            console(f"data: {data_rep['train']['kept']}/{data_rep['train']['total']} train examples kept, "
-                    f"prompt tokens median {int(np.median(lens))} max {max(lens)}; {len(eval_ex)} eval")
-            console("first prompt:\n" + train_ex[0]["prompt_text"][:800])
-            report["data_steps"] = _report_data_steps(cfg, build_loader(cfg, train_ex), console)
-        except Exception as e:
-            if not _remote_source(cfg.data.train) or (cfg.data.eval and not _remote_source(cfg.data.eval)
-                                                      and not Path(cfg.data.eval).exists()):
-                raise  # a local file (present, or missing) fails here exactly as the real run would
-            report["data"] = f"{cfg.data.train} not reachable offline ({type(e).__name__}): not checked"
-            console(f"data: {report['data']}")
-    else:
-        report["data"] = "not checked (needs the tokenizer to render prompts)"
-        console(f"data: {report['data']}")
-        if Path(cfg.data.train).exists() and cfg.data.num_epochs is not None:
-            from tina_jax.data import pipeline
-
-            n = len(pipeline.load_records(cfg.data.train, cfg.data.train_split))
-            steps = n // cfg.grpo.prompts_per_step * cfg.data.num_epochs
-            report["data_steps_upper_bound"] = steps
-            console(f"data allows at most {steps} steps ({n} records // {cfg.grpo.prompts_per_step} prompts x "
-                    f"{cfg.data.num_epochs} epochs, before dropping overlong prompts); train.max_steps "
-                    f"{cfg.train.max_steps}" + (": fewer, the run would end with the data" if steps < cfg.train.max_steps
-                                                else ""))
-    build_rewards(cfg, tok)  # reward names and parameters resolve
-    if cfg.eval.benchmarks:  # benchmark files present; prompts render and fit the context
-        from tina_jax import evaluation
-
-        e = cfg.eval
-        proto = evaluation.get_protocol(e.protocol).replace(max_new_tokens=e.max_new_tokens)
-        if proto.max_new_tokens >= mcfg.max_position_embeddings:
-            raise ValueError(f"eval: max_new_tokens {proto.max_new_tokens} does not fit the model's "
-                             f"{mcfg.max_position_embeddings}-token context; set eval.max_new_tokens")
-        counts = {b: len(evaluation.load_benchmark(b, limit=e.limit)) for b in e.benchmarks}
-        if tok is not None:
-            from tina_jax.data.prompts import build_messages, get_recipe, render_prompts
-
-            for b in e.benchmarks:
-                p = evaluation.load_benchmark(b, limit=1)[0]
-                recipe = get_recipe(proto.recipe_for(evaluation.get_benchmark(b).family))
-                render_prompts(tok, [build_messages({recipe.field: p.question}, recipe)])
-        report["eval"] = counts
-        console(f"eval at the end{f' and every {e.every} steps' if e.every else ''}: {e.protocol} on "
-                + ", ".join(f"{b} ({n})" for b, n in counts.items()) + f", {proto.max_new_tokens} new tokens")
-
-    # Shapes of the whole step, no allocation.
-    r, g = cfg.rollout, cfg.grpo
-    rows = g.prompts_per_step * r.num_samples
-    mb_rows = rows // g.mini_batches
-    p_len = cfg.data.max_prompt_length
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, updates_per_rollout(cfg))
-    shapes = decoder.param_shapes(mcfg)
-
-    def make_state(params):
-        adapter = adapters.build(cfg.adapter, mcfg, params)
-        return init_state(mcfg, params, tx, jax.random.key(0), adapter=adapter,
-                          keep_reference=adapter is None and g.loss.beta > 0)
-
-    state = jax.eval_shape(make_state, shapes)
-    i32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.int32)  # noqa: E731
-    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
-    batch = {"prompt_ids": i32(mb_rows, p_len), "prompt_mask": i32(mb_rows, p_len),
-             "completion_ids": i32(mb_rows, r.max_new_tokens), "completion_mask": i32(mb_rows, r.max_new_tokens),
-             "advantages": f32(mb_rows), "sampler_logprobs": f32(mb_rows, r.max_new_tokens)}
-    new_state, metrics = jax.eval_shape(lambda s, b: grpo_step(s, b, grpo_config(cfg)), state, batch)
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-
-    base = _tree_bytes(shapes)
-    trainable = _tree_bytes(state.trainable)
-    opt = _tree_bytes(state.opt_state)
-    cache_bytes = np.dtype(mcfg.compute_dtype).itemsize
-    kv = rows * (p_len + r.max_new_tokens) * mcfg.num_layers * 2 * mcfg.kv_dim * cache_bytes
-    micro = g.micro_batch_size or mb_rows
-    t_len = p_len + r.max_new_tokens
-    act_factor = 4 if cfg.model.remat else 34  # residual stream copies kept per layer (rough)
-    acts = micro * t_len * mcfg.hidden_size * mcfg.num_layers * cache_bytes * act_factor
-    logits = micro * g.logprob_chunk * mcfg.vocab_size * 4 * 3
-    est = {"base_params": base, "trainable": trainable, "optimizer_state": opt, "rollout_kv_cache": kv,
-           "train_activations (rough)": acts, "logits_chunk": logits}
-    # Per device on the configured mesh (-1 takes this machine's devices): weights and optimizer state as
-    # the partition rules lay them out, batch-shaped buffers over data x fsdp.
-    mesh_shape = list(cfg.mesh.shape)
-    if -1 in mesh_shape:
-        rest = int(np.prod([m for m in mesh_shape if m != -1]))
-        mesh_shape[mesh_shape.index(-1)] = max(1, jax.device_count() // rest)
-    axes = dict(zip(sharding.AXES, mesh_shape))
-    n_batch = axes["data"] * axes["fsdp"]
-    for what, n in (("rollout mini-batch (completions)", mb_rows), ("grpo.micro_batch_size", micro)):
-        if n % n_batch:
-            raise ValueError(f"{what} {n} is not divisible by data x fsdp = {n_batch} of mesh {tuple(mesh_shape)}; "
-                             "change the batch sizes or the mesh shape")
-    per_dev = {"base_params": sharding.per_device_bytes(shapes, axes),
-               "trainable": sharding.per_device_bytes(state.trainable, axes),
-               "optimizer_state": sharding.per_device_bytes(state.opt_state, axes),
-               "rollout_kv_cache": kv // n_batch if rows % n_batch == 0 else kv,
-               "train_activations (rough)": acts // n_batch, "logits_chunk": logits // n_batch}
-    total, total_dev = sum(est.values()), sum(per_dev.values())
-    console(f"trainable parameters: {sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.trainable)):,}")
-    console(f"memory estimate: {'whole job':>12s} {'per device':>12s}  (mesh data x fsdp x tensor = "
-            f"{' x '.join(map(str, mesh_shape))})")
-    for k, v in est.items():
-        console(f"  {k:28s} {_gib(v):>12s} {_gib(per_dev[k]):>12s}")
-    console(f"  {'total':28s} {_gib(total):>12s} {_gib(total_dev):>12s}")
-    report["memory_per_device_bytes"] = per_dev
-    report["mesh"] = mesh_shape
-    report["memory_bytes"] = est
-    report["grpo_step_metrics"] = sorted(metrics)
-    if memory_plan:  # XLA's own per-device figures for the compiled programs (tina_jax.memory_plan)
-        from tina_jax.memory_plan import format_plan, memory_plan as plan_fn
-
-        plan = plan_fn(cfg, mcfg=mcfg)
-        report["memory_plan"] = plan
-        console(format_plan(plan) + f" (this process's {plan['devices']} device(s); bench/memory_plan.py plans "
-                "other device counts)")
-    console("dry run OK: config, shapes and the GRPO step trace without the weights")
-    return report
+    return _dry_run(cfg, console, memory_plan)

@@ -22,6 +22,13 @@ warmup_math          ``warmup_math_reward()``                    warm-up paper, 
 
 ``get_reward(name, **params)`` builds one by name; ``combine([(fn, weight), ...])`` sums them.
 
+What "correct" means belongs to each answer-checking reward: ``accuracy``, ``gsm8k_strict``, ``kk`` and
+``warmup_math`` carry ``fn.correct_at`` (the value from which a completion counts as correct: 1.0, 1.0, 2.0
+and 2.0).
+:func:`is_correct` applies it to a reward's values, a combined reward names its first such reward in
+``combined.correctness``, and :func:`correctness_check` gives the check alone (held-out evaluation). So the
+trainer's accuracy metric is read from the reward values it already has, never recomputed.
+
 NaN means "no reward": ``accuracy`` (Tina flavour, ``on_unparseable_gold="skip"``) returns NaN when
 the gold answer cannot be parsed or verify raises or times out, where Tina's reward returned ``None`` (made NaN by TRL and dropped by
 its ``nansum``). :func:`combine` does the same: a NaN contributes 0 to the weighted total. Code that
@@ -80,6 +87,7 @@ __all__ = [
     "check_answer",
     "check_params",
     "combine",
+    "correctness_check",
     "cosine_reward",
     "cosine_value",
     "format_reward",
@@ -89,6 +97,7 @@ __all__ = [
     "gsm8k_extract",
     "gsm8k_gold",
     "gsm8k_strict_reward",
+    "is_correct",
     "kk_reward",
     "kk_score_logic_rl",
     "kk_score_warmup",
@@ -161,21 +170,42 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
                              + (f"did you mean {near[0]!r}? " if near else "") + f"valid: {', '.join(valid)}")
 
 
+def _build_one(spec: Any, tokenizer: Any = None, group_size: int | None = None) -> RewardFn:
+    params = dict(spec.params)
+    if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
+        params.setdefault("tokenizer", tokenizer)
+    if spec.name == "length" and group_size is not None:
+        params.setdefault("group_size", group_size)
+    return get_reward(spec.name, **params)
+
+
 def build(specs: Sequence[Any], tokenizer: Any = None,
           group_size: int | None = None) -> Callable[..., tuple[list[float], dict[str, list[float]]]]:
     """``combine`` of the rewards named by ``specs`` (objects with ``name``, ``weight`` and ``params``, as
     in a run config's ``rewards`` list). Length-based rewards measured in tokens get ``tokenizer``;
     ``length`` normalises within groups of ``group_size`` completions unless its params say otherwise
     (TRL called reward functions per device micro-batch: one group of G in the paper recipes)."""
-    fns = []
-    for spec in specs:
-        params = dict(spec.params)
-        if spec.name in ("cosine", "length") and params.get("length_unit") == "tokens":
-            params.setdefault("tokenizer", tokenizer)
-        if spec.name == "length" and group_size is not None:
-            params.setdefault("group_size", group_size)
-        fns.append((get_reward(spec.name, **params), spec.weight))
-    return combine(fns)
+    return combine([(_build_one(spec, tokenizer, group_size), spec.weight) for spec in specs])
+
+
+def is_correct(fn: RewardFn, values: Sequence[float]) -> list[bool]:
+    """Which of ``values`` (returned by reward ``fn``) mean a correct completion, by ``fn.correct_at``
+    (NaN, "no reward", is not correct). Raises ValueError for a reward that does not judge correctness."""
+    at = getattr(fn, "correct_at", None)
+    if at is None:
+        raise ValueError(f"reward {getattr(fn, '__name__', fn)!r} does not say what is correct (no correct_at); "
+                         "use accuracy, gsm8k_strict or kk")
+    return [v is not None and float(v) >= at for v in values]
+
+
+def correctness_check(specs: Sequence[Any] = ()) -> tuple[str, Callable[..., list[bool]]]:
+    """``(reward name, check(completions, **fields) -> list[bool])``: the first reward in ``specs`` that says
+    what is correct (``correct_at``), built with its parameters; ``accuracy`` with its defaults if none does.
+    The same judgement as the ``reward/accuracy`` metric of a run with these rewards."""
+    fn = next((f for f in (_build_one(s) for s in specs) if getattr(f, "correct_at", None) is not None), None)
+    if fn is None:
+        fn = get_reward("accuracy")
+    return fn.__name__, lambda completions, **fields: is_correct(fn, fn(completions, **fields))
 
 
 def combine(
@@ -186,6 +216,8 @@ def combine(
     ``total[i] = sum_k w_k * r_k[i]`` over the rewards whose value is not NaN (a NaN or ``None``
     value means "no reward" and contributes 0, like TRL's ``nansum``); ``per_reward[name]`` holds
     each reward's raw values (``None`` turned into NaN) for logging. RECIPES.md section 2.
+    ``combined.correctness`` is ``(name, correct_at)`` of the first reward that says what is correct (None
+    if none does): ``per_reward[name] >= correct_at`` marks the correct completions.
 
     Raises ValueError for duplicate reward names (set a distinct ``__name__``), non-numeric
     weights, or a reward returning the wrong number of values.
@@ -222,4 +254,6 @@ def combine(
         return total, per_reward
 
     combined.__name__ = combined.__qualname__ = "combined"
+    combined.correctness = next(((name, fn.correct_at) for name, fn, _ in pairs
+                                 if getattr(fn, "correct_at", None) is not None), None)
     return combined

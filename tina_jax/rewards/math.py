@@ -350,6 +350,7 @@ def accuracy_reward(
                 for v in verdicts]
 
     accuracy.__name__ = accuracy.__qualname__ = "accuracy"
+    accuracy.correct_at = 1.0  # the answer verified equal to the gold (tina_jax.rewards.is_correct)
     return accuracy
 
 
@@ -447,4 +448,5 @@ def gsm8k_strict_reward(
         return out
 
     gsm8k_strict.__name__ = gsm8k_strict.__qualname__ = "gsm8k_strict"
+    gsm8k_strict.correct_at = 1.0  # the extracted answer equals the gold (with the default score)
     return gsm8k_strict

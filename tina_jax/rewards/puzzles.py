@@ -185,4 +185,5 @@ def kk_reward(
         return [kk_score_logic_rl(prefix + t, g, format_reward) for t, g in zip(texts, golds)]
 
     kk.__name__ = kk.__qualname__ = "kk"
+    kk.correct_at = 2.0  # every role right: +2 answer score (Logic-RL: plus the format score)
     return kk

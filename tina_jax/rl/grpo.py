@@ -138,6 +138,42 @@ def reference_params(state: TrainState) -> Any:
     return state.frozen["reference"]
 
 
+def checkpoint_arrays(state: TrainState) -> dict:
+    """What a checkpoint holds (``tina_jax.checkpoint``): everything but the frozen base weights, which are
+    rebuilt from the config. The adapter's frozen constants (SVD factors, random projections) are kept: an SVD
+    recomputed on another backend may flip signs. The typed rng key is stored as its key data."""
+    return {"trainable": state.trainable, "opt_state": state.opt_state, "adapter_frozen": state.frozen["adapter"],
+            "rng": jax.random.key_data(state.rng), "step": state.step}
+
+
+def restore_checkpoint_arrays(state: TrainState, arrays: dict) -> TrainState:
+    """``state`` (freshly built from the config) with the checkpointed ``arrays`` of
+    :func:`checkpoint_arrays` in place."""
+    frozen = dict(state.frozen, adapter=arrays["adapter_frozen"])
+    return state.replace(trainable=arrays["trainable"], opt_state=arrays["opt_state"], frozen=frozen,
+                         rng=jax.random.wrap_key_data(arrays["rng"]), step=arrays["step"])
+
+
+def trim_padding(batch: dict, multiple: int = 16) -> dict:
+    """Drop prompt columns that are padding in every row (left) and completion columns after the longest
+    completion (right), keeping widths multiples of ``multiple`` so few shapes compile. Exact: positions
+    come from the masks and padded keys are masked out, so the step's result does not change."""
+    import numpy as np
+
+    pm, cm = np.asarray(batch["prompt_mask"]), np.asarray(batch["completion_mask"])
+    p, c = pm.shape[1], cm.shape[1]
+    keep_p = min(p, -(-int(pm.sum(1).max()) // multiple) * multiple)
+    keep_c = min(c, -(-max(1, int(cm.sum(1).max())) // multiple) * multiple)
+    out = {}
+    for k, v in batch.items():
+        if k.startswith("prompt_"):
+            v = v[:, p - keep_p:]
+        elif v.ndim == 2 and v.shape[1] == c:
+            v = v[:, :keep_c]
+        out[k] = v
+    return out
+
+
 def sequence_logprobs(cfg: ModelConfig, params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array,
                       completion_ids: jax.Array, completion_mask: jax.Array, chunk: int = 64,
                       temperature: float = 1.0, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
@@ -245,30 +281,11 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
                                                                         lcfg.kl_estimator), 0.0))
         return s, (d, msums)
 
-    def body(carry, xs):
-        g_acc, s_acc, d_acc, m_acc = carry
-        mb, k = xs
-        (s, (d, msums)), g = jax.value_and_grad(micro_loss, has_aux=True)(state.trainable, mb,
-                                                                          jax.random.fold_in(dropout_root, k))
-        g_acc = jax.tree.map(jnp.add, g_acc, g)
-        m_acc = jax.tree.map(jnp.add, m_acc, msums)
-        return (g_acc, s_acc + s, d_acc + d, m_acc), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-    m0 = jax.eval_shape(lambda: micro_loss(state.trainable, jax.tree.map(lambda x: x[0], micro),
-                                           dropout_root)[1][1])
-    m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m0)
-    (g_sum, s_sum, d_sum, m_sum), _ = jax.lax.scan(
-        body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), m0),
-        (micro, jnp.arange(n_micro)))
-    denom = jnp.maximum(d_sum, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, g_sum)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
+    trainable, opt_state, grads, loss, m_sum = accumulated_update(state, micro_loss, micro, n_micro, dropout_root)
 
     means = loss_lib.finalize_metrics(m_sum)
     metrics = {
-        "loss": s_sum / denom,
+        "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "entropy": means["entropy"],
         "clip_frac_low": means["clip_low"],
@@ -282,11 +299,42 @@ def grpo_step(state: TrainState, batch: dict, config: GrpoConfig = GrpoConfig())
     for k in ("kl", "sampler_logprob_gap", "tis_weight", "tis_capped"):
         if k in means:
             metrics[k] = means[k]
-    if config.group_size is not None:
-        signal = batch["rewards"] if "rewards" in batch else advantages
-        metrics["zero_adv_group_frac"] = adv_lib.zero_advantage_group_fraction(signal, config.group_size)
+    if config.group_size is not None and "rewards" in batch:  # a caller passing advantages has the rewards
+        metrics["zero_adv_group_frac"] = adv_lib.zero_advantage_group_fraction(batch["rewards"], config.group_size)
     new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=rng)
     return new_state, metrics
+
+
+def accumulated_update(state: TrainState, loss_fn, micro: Any, n_micro: int, dropout_root: jax.Array):
+    """The optimizer update of a batch split into ``n_micro`` micro-batches (the leading axis of ``micro``),
+    shared by ``grpo_step`` and ``sft_step``. ``loss_fn(trainable, mb, key) -> (loss sum, (denominator,
+    {name: metric sum}))`` runs on micro-batch k with ``key = fold_in(dropout_root, k)``; the gradients of the
+    sums are accumulated and divided once by the total denominator, so the update equals the full batch's.
+
+    Returns ``(trainable, opt_state, grads, loss, metric sums)``: the updated trainable pytree and optimizer
+    state, the applied mean gradient, the mean loss (sum / denominator), and each metric summed over the batch.
+    """
+
+    def body(carry, xs):
+        g_acc, s_acc, d_acc, m_acc = carry
+        mb, k = xs
+        (s, (d, msums)), g = jax.value_and_grad(loss_fn, has_aux=True)(state.trainable, mb,
+                                                                       jax.random.fold_in(dropout_root, k))
+        g_acc = jax.tree.map(jnp.add, g_acc, g)
+        m_acc = jax.tree.map(jnp.add, m_acc, msums)
+        return (g_acc, s_acc + s, d_acc + d, m_acc), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
+    m0 = jax.eval_shape(lambda: loss_fn(state.trainable, jax.tree.map(lambda x: x[0], micro), dropout_root)[1][1])
+    m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m0)
+    (g_sum, s_sum, d_sum, m_sum), _ = jax.lax.scan(
+        body, (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), m0),
+        (micro, jnp.arange(n_micro)))
+    denom = jnp.maximum(d_sum, 1.0)
+    grads = jax.tree.map(lambda g: g / denom, g_sum)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    return trainable, opt_state, grads, s_sum / denom, m_sum
 
 
 def make_grpo_step(config: GrpoConfig, mesh: jax.sharding.Mesh | None = None, state: TrainState | None = None,

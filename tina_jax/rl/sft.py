@@ -30,7 +30,7 @@ import optax
 from tina_jax.models import decoder
 from tina_jax.models.linear import materialize
 from tina_jax.rl import losses as loss_lib
-from tina_jax.rl.grpo import TrainState, jit_step, policy_params
+from tina_jax.rl.grpo import TrainState, accumulated_update, jit_step, policy_params
 from tina_jax.validation import FieldError, is_int
 
 __all__ = ["SftConfig", "sft_step", "make_sft_step", "sft_loss", "pack_sequences"]
@@ -98,23 +98,10 @@ def sft_step(state: TrainState, batch: dict, config: SftConfig = SftConfig()) ->
     def micro_loss(trainable, mb, key):
         params = policy_params(state, trainable, dropout_rng=key)
         s, d = sft_loss(cfg, params, mb["input_ids"], mb["segment_ids"], mb["loss_mask"], config.logprob_chunk)
-        return s, d
+        return s, (d, {"tokens": d})
 
-    def body(carry, xs):
-        g_acc, s_acc, d_acc = carry
-        mb, k = xs
-        (s, d), g = jax.value_and_grad(micro_loss, has_aux=True)(state.trainable, mb,
-                                                                 jax.random.fold_in(dropout_root, k))
-        return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.trainable)
-    z = jnp.zeros((), jnp.float32)
-    (g_sum, s_sum, d_sum), _ = jax.lax.scan(body, (zeros, z, z), (micro, jnp.arange(n_micro)))
-    denom = jnp.maximum(d_sum, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, g_sum)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    metrics = {"loss": s_sum / denom, "grad_norm": optax.tree.norm(grads), "target_tokens": d_sum,
+    trainable, opt_state, grads, loss, sums = accumulated_update(state, micro_loss, micro, n_micro, dropout_root)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "target_tokens": sums["tokens"],
                "sequences": jnp.sum(jnp.max(batch["segment_ids"], axis=1)).astype(jnp.float32)}
     return state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=rng), metrics
 
