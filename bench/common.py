@@ -91,6 +91,13 @@ def synthetic_grpo_batch(vocab_size: int, prompt_ids, prompt_mask, completion_le
             "sampler_logprobs": jnp.asarray(-rng.exponential(size=(b, c)), jnp.float32)}
 
 
+def field_lists(examples: list[dict], repeat: int) -> dict[str, list]:
+    """Each example's fields (solution, answer, ...) repeated for its ``repeat`` completions: the keyword
+    arguments reward functions take (rows group-major, as ``generate`` returns them)."""
+    keys = [k for k in examples[0] if k not in ("prompt_ids", "prompt_text")]
+    return {k: [ex.get(k) for ex in examples for _ in range(repeat)] for k in keys}
+
+
 # ------------------------------------------------------------------------------------------------
 # Memory
 # ------------------------------------------------------------------------------------------------

@@ -84,12 +84,6 @@ def build(cfg):
                 sample_root=jax.random.key(cfg.train.seed + 1), trim_padding=trainer.trim_padding)
 
 
-def field_lists(examples: list[dict], repeat: int) -> dict[str, list]:
-    """Each example's fields (solution, answer, ...) repeated for its ``repeat`` completions (reward kwargs)."""
-    keys = [k for k in examples[0] if k not in ("prompt_ids", "prompt_text")]
-    return {k: [ex.get(k) for ex in examples for _ in range(repeat)] for k in keys}
-
-
 class Timer:
     """Per-phase seconds and XLA compilations of one step."""
 
@@ -129,7 +123,7 @@ def run_step(p: dict, cfg, step: int) -> tuple[Timer, dict]:
     lens = np.asarray(gen.lengths)
     rows = [np.asarray(gen.tokens)[i, :n].tolist() for i, n in enumerate(lens)]
     T("rollout: of which text decode", lambda: tok.batch_decode(rows, skip_special_tokens=True))
-    fields = field_lists(examples, G)
+    fields = common.field_lists(examples, G)
     rewards, per_reward = T("rewards", lambda: p["reward_fn"](list(gen.texts), completion_lengths=[int(x) for x in lens],
                                                               **fields))
     rewards = np.asarray(rewards, np.float32)
