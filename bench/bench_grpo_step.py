@@ -76,13 +76,7 @@ def main(argv=None) -> int:
     step = make_grpo_step(GrpoConfig(loss=LossConfig(aggregation="token_mean"), micro_batch_size=args.micro_batch,
                                      logprob_chunk=args.chunk, group_size=g,
                                      share_prompts=not args.no_share_prompts))
-    holder = {"state": state}
-
-    def run(i):
-        holder["state"], m = step(holder["state"], batch)
-        return holder["state"].trainable, m
-
-    first, steady, _ = common.timed(run, args.repeats)
+    first, steady, _ = common.timed_updates(step, state, batch, args.repeats)
     tokens = int(b * (p_len + c))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     # LoRA step FLOPs: forward 2N per token + backward through activations 2N per token (no base-weight

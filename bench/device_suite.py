@@ -88,13 +88,7 @@ def _step(cfg: ModelConfig, params, ad, rows: int, g: int, p: int, c: int, micro
     state = init_state(cfg, params, optax.adamw(1e-5), jax.random.key(2), adapter=ad)
     step = make_grpo_step(GrpoConfig(loss=LossConfig(aggregation="token_mean"), micro_batch_size=micro,
                                      logprob_chunk=256 if c >= 256 else 8, group_size=g, share_prompts=True))
-    holder = {"state": state}
-
-    def run(i):
-        holder["state"], m = step(holder["state"], batch)
-        return holder["state"].trainable, m
-
-    first, steady = _timed(run, repeats)
+    first, steady, _ = common.timed_updates(step, state, batch, repeats)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     tokens = rows // g * p + rows * c  # shared prompts counted once per group: the work needed
     flops = 4 * n_params * tokens

@@ -191,24 +191,32 @@ def test_kk_scripts_on_a_trained_run(tiny_chat_model_dir, tmp_path):
     assert json.loads(out.read_text())["model"].endswith("@1")
 
 
-@pytest.mark.slow  # two full W1-recipe runs of 2 steps on a tiny model
+# random text has varied character lengths, so cosine rewards differ within a group: parameters move
+_COSINE = "rewards=[{name: cosine, weight: 1.0, params: {max_len: 300}}, {name: accuracy, weight: 1.0}]"
+
+
+@pytest.mark.slow  # two runs of the default recipe, 2 steps x 4 updates, on a tiny model
 def test_step_breakdown_is_the_trainers_step(tiny_chat_model_dir, tmp_path):
-    """Oracle: the per-step rewards and losses step_breakdown measures are those trainer.train logs for the
-    same config (same prompts, keys, updates), so the breakdown times the trainer's step and nothing else."""
+    """Oracle: the per-step rewards, losses and gradient norms step_breakdown measures with its own explicit loop
+    of grpo_step calls (2 mini-batches x 2 iterations over the old logprobs) are those trainer.train logs for
+    the same config: the trainer's multi-update path is that loop, and the breakdown times nothing else."""
     from tina_jax import config as config_lib, trainer
 
     sb = _script("step_breakdown")
     out = tmp_path / "sb.json"
     assert sb.main(["--smoke", "--model", str(tiny_chat_model_dir), "--warmup", "0", "--steps", "2",
-                    "--out", str(out)]) == 0
-    got = json.loads(out.read_text())["steps"]
+                    "--out", str(out), "grpo.num_iterations=2", "optim.lr=0.05", _COSINE]) == 0
+    res = json.loads(out.read_text())
+    assert res["updates_per_rollout"] == 4
+    got = res["steps"]
     over = sb.SMOKE_OVERRIDES + [f"model.source={tiny_chat_model_dir}", "train.eval_every=0", "train.max_steps=2",
                                  f"train.run_dir={tmp_path / 'run'}", "train.plot=false", "train.tensorboard=false",
-                                 "train.sample_every=0"]
+                                 "train.sample_every=0", "grpo.num_iterations=2", "optim.lr=0.05", _COSINE]
     trainer.train(config_lib.load_config(ROOT / "configs" / "smollm2_arith_cpu.yaml", over), console=lambda s: None)
     want = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if x.strip()]
     want = [w for w in want if "loss" in w]
     assert len(want) == len(got) == 2
     for g, w in zip(got, want):
-        for k in ("reward/mean", "loss", "grad_norm", "lr", "completion/mean_length"):
+        for k in ("reward/mean", "loss", "grad_norm", "clip_fraction", "lr", "completion/mean_length"):
             assert abs(g["metrics"][k] - w[k]) <= 1e-6 * max(1.0, abs(w[k])), (k, g["metrics"][k], w[k])
+    assert all(g["metrics"]["grad_norm"] > 0 for g in got), "the parameters must move for this test to bite"
