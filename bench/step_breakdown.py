@@ -235,7 +235,7 @@ def main(argv=None) -> int:
     import jax
 
     over = (SMOKE_OVERRIDES if args.smoke else []) + ([f"model.source={args.model}"] if args.model else [])
-    over += ["train.eval_every=0", f"train.max_steps={max(args.warmup + args.steps, 1)}"]
+    over += ["train.eval_every=0"]  # train.max_steps stays the recipe's: the lr schedule depends on it
     keys = {o.split("=", 1)[0] for o in args.overrides}
     cfg = load_config(args.config, [o for o in over if o.split("=", 1)[0] not in keys] + list(args.overrides))
     if cfg.algorithm != "grpo":

@@ -205,7 +205,7 @@ def test_step_breakdown_is_the_trainers_step(tiny_chat_model_dir, tmp_path):
     sb = _script("step_breakdown")
     out = tmp_path / "sb.json"
     assert sb.main(["--smoke", "--model", str(tiny_chat_model_dir), "--warmup", "0", "--steps", "2",
-                    "--out", str(out), "grpo.num_iterations=2", "optim.lr=0.05", _COSINE]) == 0
+                    "--out", str(out), "grpo.num_iterations=2", "optim.lr=0.05", "train.max_steps=2", _COSINE]) == 0
     res = json.loads(out.read_text())
     assert res["updates_per_rollout"] == 4
     got = res["steps"]
