@@ -48,7 +48,7 @@ SEVEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 # W1 (the issue's settings). --smoke shrinks the batch and the completions, only to check the plumbing.
 W1 = dict(prompts_per_step=8, num_generations=8, max_new_tokens=48, temperature=1.0, rank=32, alpha=128.0,
           dropout=0.0, lr=1.0e-4, beta=0.0, max_grad_norm=1.0)
-SMOKE = dict(W1, prompts_per_step=2, num_generations=4, max_new_tokens=16)
+SMOKE = dict(W1, prompts_per_step=2, num_generations=4, max_new_tokens=16, rank=8)  # rank fits a tiny model
 
 SPEEDUP_TARGET = 2.5
 PEAK_TARGET_BYTES = 4e9
