@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         name = f"{a.run}@{info['checkpoint']}"
     tok = model.tokenizer
     task = cfg.data.train.split(":", 1)[1]
-    sizes, _ = kk.parse_source(task)
+    sizes = kk.parse_source(task)[0]
     _, held = kk.synthetic_splits(task, cfg.data.n_train or 0, a.n * len(sizes), cfg.data.seed)
     ex, _ = pipeline.prepare_examples(held, tok, cfg.data.prompt_recipe, field_map=cfg.data.field_map or None,
                                       required_fields=("solution_text_format",),
