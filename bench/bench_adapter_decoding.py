@@ -11,11 +11,11 @@ logprob, mean |w - 1| of the importance weight w = exp(trainer - sampler), and t
 update that survives merging (|merged_bf16 - base| / |delta| over all adapted kernels).
 
     python bench/bench_adapter_decoding.py [--prompts 8] [--samples 4] [--new-tokens 64] [--compute-dtype float32]
+    python bench/bench_adapter_decoding.py --model DIR --prompts 2 --samples 2 --new-tokens 4 --magnitudes 0,1e-2  # tests
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,26 +23,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 
-def main() -> None:
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="model source (a tiny model in tests)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--magnitudes", default="0,1e-5,1e-4,1e-3,1e-2")
     ap.add_argument("--compute-dtype", default="bfloat16", help="bfloat16 or float32 (weights stay bf16)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from tina_jax import adapters, load_model
+    from tina_jax import adapters
     from tina_jax.data import load_records, prepare_examples
     from tina_jax.rl.grpo import sequence_logprobs
     from tina_jax.sampling import SamplingConfig, pad_prompts, sample_tokens
 
-    model = load_model("smollm2-135m-instruct", dtype="bfloat16", compute_dtype=args.compute_dtype)
+    model = common.load_model(args.model, dtype="bfloat16", compute_dtype=args.compute_dtype)
     cfg, base = model.config, model.params
     recs = load_records(str(ROOT / "data" / "gsm8k" / "test.jsonl"))
     recs = recs.select(range(args.prompts)) if hasattr(recs, "select") else recs[:args.prompts]
@@ -81,8 +84,9 @@ def main() -> None:
             rows.append(row)
             print(f"v={m:<7g} {mode:8s} |dlogp| mean {row['gap_mean']:.5f} max {row['gap_max']:.4f}  "
                   f"|w-1| mean {row['w_dev_mean']:.5f}  update kept by merging {survive:.3f}  ({dt:.1f}s incl. compile)")
-    print(json.dumps(rows))
+    common.print_json(rows)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

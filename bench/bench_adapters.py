@@ -14,29 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
+
 MODES = ("lora", "full")
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def run_mode(mode: str, model_name: str, batch: int, seq: int, steps: int) -> dict:
+def run_mode(mode: str, model_name: str, batch: int, seq: int, steps: int, rank: int = 32) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
     import optax
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import tina_jax
     from tina_jax import adapters
 
@@ -44,11 +39,8 @@ def run_mode(mode: str, model_name: str, batch: int, seq: int, steps: int) -> di
     model = tina_jax.load_model(model_name)
     load_s = time.perf_counter() - t0
     cfg, params = model.config, model.params
-    rss_loaded = _status_kib("VmRSS")
-    try:  # reset the high-water mark so the peak below is the training step's, not the loader's
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+    rss_loaded = common.rss_bytes() or 0
+    common.reset_peak_rss()  # the peak below is the training step's, not the loader's
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq)), jnp.int32)
 
     def nll(p):
@@ -58,7 +50,7 @@ def run_mode(mode: str, model_name: str, batch: int, seq: int, steps: int) -> di
 
     opt = optax.adamw(1e-4, weight_decay=0.0)
     if mode == "lora":
-        adapter = adapters.init("lora", cfg, params, jax.random.key(0))  # Tina: r=32, alpha=128, p=0.05
+        adapter = adapters.init("lora", cfg, params, jax.random.key(0), r=rank)  # Tina: r=32, alpha=128, p=0.05
         trainable, frozen = adapter.trainable, params
 
         def loss_fn(t, base, key):
@@ -80,41 +72,40 @@ def run_mode(mode: str, model_name: str, batch: int, seq: int, steps: int) -> di
     step = jax.jit(_step, donate_argnums=(0, 1))  # the frozen base is an argument, never donated
     opt_state = opt.init(trainable)
     n_train = sum(x.size for x in jax.tree.leaves(trainable))
-    t0 = time.perf_counter()
-    trainable, opt_state, loss = step(trainable, opt_state, frozen, jax.random.key(1))
-    jax.block_until_ready(loss)
-    first_s = time.perf_counter() - t0
-    times, losses = [], [float(loss)]
-    for i in range(steps):
-        t0 = time.perf_counter()
-        trainable, opt_state, loss = step(trainable, opt_state, frozen, jax.random.key(2 + i))
-        jax.block_until_ready((trainable, loss))
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+    holder, losses = {"t": trainable, "o": opt_state}, []
+
+    def run(i):
+        holder["t"], holder["o"], loss = step(holder["t"], holder["o"], frozen, jax.random.key(1 + i))
+        losses.append(loss)
+        return holder["t"], loss
+
+    first_s, _, times = common.timed(run, steps)
+    losses = [float(x) for x in losses]
     return {
         "mode": mode, "model": model_name, "batch": batch, "seq": seq, "trainable_params": int(n_train),
         "load_s": round(load_s, 2), "compile_and_first_step_s": round(first_s, 2),
         "step_s_median": round(float(np.median(times)), 3), "step_s_all": [round(t, 3) for t in times],
-        "rss_after_load_gib": round(rss_loaded / 2**20, 3), "peak_rss_gib": round(_status_kib("VmHWM") / 2**20, 3),
+        "rss_after_load_gib": round(rss_loaded / 2**30, 3), "peak_rss_gib": round(common.peak_rss_bytes() / 2**30, 3),
         "losses": [round(x, 4) for x in losses], "backend": jax.default_backend(),
     }
 
 
-def main():
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=MODES)
-    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--model", default=common.DEFAULT_MODEL)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3)
-    args = ap.parse_args()
+    ap.add_argument("--rank", type=int, default=32, help="LoRA rank (Tina's 32)")
+    args = ap.parse_args(argv)
     if args.mode:
-        print("RESULT " + json.dumps(run_mode(args.mode, args.model, args.batch, args.seq, args.steps)))
-        return
+        print("RESULT " + json.dumps(run_mode(args.mode, args.model, args.batch, args.seq, args.steps, args.rank)))
+        return 0
     results = []
     for mode in MODES:
         cmd = [sys.executable, __file__, "--mode", mode, "--model", args.model, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--steps", str(args.steps)]
+               "--seq", str(args.seq), "--steps", str(args.steps), "--rank", str(args.rank)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
@@ -125,8 +116,9 @@ def main():
     for r in results:
         print(f"{r['mode']:<6} {r['trainable_params']:>12,} {r['compile_and_first_step_s']:>14.2f} "
               f"{r['step_s_median']:>13.3f} {r['rss_after_load_gib']:>13.3f} {r['peak_rss_gib']:>13.3f}")
-    print(json.dumps({"bench": "adapters", "results": results}))
+    common.print_json({"bench": "adapters", "results": results})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -9,6 +9,7 @@ W1 (CPU, default)::
   temperature 1.0, top_p 1.0, top_k off. Stop tokens are ignored in both (tina_jax:
   ``stop_token_ids=()``; transformers: ``min_new_tokens=48``), so both fill exactly 64 x 48 token slots.
   ``--breakdown`` also times one decode step's parts (layers, lm_head, token choice) at W1 shapes.
+  ``--smoke --model DIR``: 2 prompts x 2 samples x 8 tokens on another model (a tiny one in tests).
 
 GPU (``--gpu``)::
 
@@ -26,14 +27,16 @@ same machine noise. The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import common  # noqa: E402
 
 
 def _stats(times: list[float], slots: int) -> dict:
@@ -50,44 +53,13 @@ def _tina_runner(model, prompts, sampling, seed: int = 0):
     info = {}
 
     def run(i):
-        t0 = time.perf_counter()
-        out = generate(model, prompts, sampling, jax.random.fold_in(key, i))
-        jax.block_until_ready(out.tokens)
-        dt = time.perf_counter() - t0
+        dt, out = common.time_call(lambda: generate(model, prompts, sampling, jax.random.fold_in(key, i)))
         rows, n = out.tokens.shape
         assert int(np.asarray(out.lengths).min()) == n, "a row stopped early: the workload must ignore EOS"
         info.update(rows=rows, new_tokens=n, prompt_bucket=int(out.prompt_ids.shape[1]))
         return dt
 
     return run, info
-
-
-def _hf_runner(hf_model, prompt_ids: list[list[int]], pad_id: int, g: int, n: int, device: str):
-    """run(i) -> seconds for transformers' generate on the same left-padded prompts."""
-    import torch
-
-    t = max(map(len, prompt_ids))
-    ids = torch.full((len(prompt_ids), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompt_ids), t), dtype=torch.long)
-    for i, x in enumerate(prompt_ids):
-        ids[i, t - len(x):] = torch.tensor(x)
-        mask[i, t - len(x):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-
-    def run(i, new=n):
-        torch.manual_seed(i)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = hf_model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
-                                    top_k=0, num_return_sequences=g, max_new_tokens=new, min_new_tokens=new,
-                                    pad_token_id=pad_id)
-        if device != "cpu":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        assert out.shape == (len(prompt_ids) * g, t + new), f"transformers returned {tuple(out.shape)}"
-        return dt
-
-    return run
 
 
 def _compare(tina_run, hf_run, repeats: int, slots: int) -> dict:
@@ -123,72 +95,51 @@ def w1_prompts(num: int = 8) -> list[list[dict]]:
     return prompts
 
 
-def breakdown(model, prompts, sampling, repeats: int = 7) -> dict:
-    """Times one decode step's parts at the workload's shapes (median of ``repeats``)."""
-    from tina_jax import sampling as S
-    from tina_jax.models import decoder
+def breakdown(model, prompts, sampling, repeats: int = 5) -> dict:
+    """One decode step's parts at the workload's shapes (medians of ``repeats``), from public functions:
+    the step = (generate with N new tokens - generate with 1) / (N - 1); the lm_head
+    (``logits_from_hidden``) and the token choice (``choose_tokens``) timed alone on [rows, hidden] / [rows,
+    vocab]; the layers (attention, MLP, cache) = the step minus those two."""
+    import jax.numpy as jnp
+
+    from tina_jax.models import logits_from_hidden
+    from tina_jax.sampling import choose_tokens
 
     cfg, params = model.config, model.params
-    ids = S.encode_prompts(model.tokenizer, prompts)
-    b, g, n = len(ids), sampling.num_samples, sampling.max_new_tokens
-    p = S.prompt_bucket(max(map(len, ids)))
-    r = b * g
-    hkv, hd, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-    layers = jax.jit(lambda t: S._decode_layers(cfg, t))(params["layers"])
-    rest = {k: v for k, v in params.items() if k != "layers"}
-    pkv = [(jnp.zeros((b, hkv, hd, p)), jnp.zeros((b, hkv, p, hd))) for _ in range(L)]
-    cache = tuple((jnp.zeros((r, hkv, hd, n)), jnp.zeros((r, hkv, n, hd))) for _ in range(L))
-    pmask = jnp.ones((b, p), bool)
-    tok = jnp.ones((r,), jnp.int32)
-
-    @jax.jit
-    def layers_fn(rest, layers, pkv, cache):
-        return S._decode_hidden(cfg, rest, layers, tok, tok + p, jnp.int32(n // 2), pkv, pmask, cache)
-
-    head_fn = jax.jit(lambda rest, h: decoder.logits_from_hidden(cfg, rest, h))
-    choose_fn = jax.jit(lambda logits, key: S.choose_tokens(logits, key, sampling))
-
-    def med(fn):
-        jax.block_until_ready(fn())
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn())
-            ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
-
-    h, _ = layers_fn(rest, layers, pkv, cache)
-    logits = head_fn(rest, h)
-    t_layers = med(lambda: layers_fn(rest, layers, pkv, cache)[0])
-    t_head = med(lambda: head_fn(rest, h))
-    t_choose = med(lambda: choose_fn(logits, jax.random.key(0)))
-    total = t_layers + t_head + t_choose
-    return {"step_layers_ms": 1e3 * t_layers, "step_lm_head_ms": 1e3 * t_head, "step_choose_ms": 1e3 * t_choose,
-            "lm_head_fraction": t_head / total}
+    n = sampling.max_new_tokens
+    full, info = _tina_runner(model, prompts, sampling)
+    one, _ = _tina_runner(model, prompts, sampling.replace(max_new_tokens=1))
+    t_full = common.timed(full, repeats)[1]
+    t_one = common.timed(one, repeats)[1]
+    step = max((t_full - t_one) / max(n - 1, 1), 1e-9)
+    h = jnp.zeros((info["rows"], cfg.hidden_size), cfg.compute_dtype)
+    head = jax.jit(lambda p, h: logits_from_hidden(cfg, p, h))
+    choose = jax.jit(lambda logits, key: choose_tokens(logits, key, sampling))
+    logits = common.block(head(params, h))
+    t_head = common.timed(lambda i: head(params, h), repeats)[1]
+    t_choose = common.timed(lambda i: choose(logits, jax.random.key(i)), repeats)[1]
+    return {"step_ms": 1e3 * step, "step_layers_ms": 1e3 * max(step - t_head - t_choose, 0.0),
+            "step_lm_head_ms": 1e3 * t_head, "step_choose_ms": 1e3 * t_choose, "lm_head_fraction": t_head / step,
+            "prefill_only_s": t_one}
 
 
 def run_w1(args) -> dict:
-    import tina_jax
-    from tina_jax.sampling import SamplingConfig, encode_prompts
+    from tina_jax.sampling import SamplingConfig
 
-    model = tina_jax.load_model("smollm2-135m-instruct", dtype="float32")
-    prompts = w1_prompts()
-    g, n = 8, 48
+    model = common.load_model(args.model, dtype="float32")
+    b, g, n = (2, 2, 8) if args.smoke else (8, 8, 48)
+    prompts = common.w1_messages(b)
     sampling = SamplingConfig(max_new_tokens=n, temperature=1.0, top_p=1.0, num_samples=g, stop_token_ids=())
-    res = {"workload": "W1", "backend": jax.default_backend(), "model": "smollm2-135m-instruct", "dtype": "float32",
-           "prompts": len(prompts), "num_samples": g, "max_new_tokens": n}
+    res = {"workload": "W1" + (" (smoke)" if args.smoke else ""), "backend": jax.default_backend(),
+           "model": args.model, "dtype": "float32", "prompts": len(prompts), "num_samples": g, "max_new_tokens": n}
     tina_run, info = _tina_runner(model, prompts, sampling)
     hf_run = None
     if not args.skip_hf:
         import torch
-        from transformers import AutoModelForCausalLM
 
-        from tina_jax.models.loading import resolve_source
-
-        hf = AutoModelForCausalLM.from_pretrained(str(resolve_source("smollm2-135m-instruct")),
-                                                  dtype=torch.float32).eval()
+        hf = common.load_hf_model(args.model, "float32")
         pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        hf_run = _hf_runner(hf, encode_prompts(model.tokenizer, prompts), pad, g, n, "cpu")
+        hf_run = common.hf_generate_runner(hf, common.w1_prompt_ids(model.tokenizer, b), pad, g, n)
         res["torch_threads"] = torch.get_num_threads()
     slots = len(prompts) * g * n
     res.update(_compare(tina_run, hf_run, args.repeats, slots))
@@ -202,7 +153,7 @@ def run_w1(args) -> dict:
               f"tina_jax / transformers = {res['speedup_median']:.2f}x median, {res['speedup_best']:.2f}x best",
               flush=True)
     if args.breakdown:
-        res["breakdown"] = breakdown(model, prompts, sampling)
+        res["breakdown"] = breakdown(model, prompts, sampling, repeats=max(args.repeats, 1))
         print("decode step:", {k: round(v, 3) for k, v in res["breakdown"].items()}, flush=True)
     return res
 
@@ -211,15 +162,13 @@ def run_w1(args) -> dict:
 # GPU workload
 # ----------------------------------------------------------------------------------------------
 def run_gpu(args) -> dict:
-    from tina_jax import init_params
-    from tina_jax.models.config import ModelConfig
-    from tina_jax.models.loading import REGISTRY, Model
+    from tina_jax.models import REGISTRY, Model, init_params
     from tina_jax.sampling import SamplingConfig
 
     hf_config = REGISTRY["qwen2.5-1.5b-instruct"].hf_config
     if args.gpu_layers:  # a shallower model of the same width (smoke runs)
         hf_config = dict(hf_config, num_hidden_layers=args.gpu_layers)
-    cfg = ModelConfig.from_hf(hf_config, param_dtype="bfloat16", compute_dtype="bfloat16")
+    cfg = common.registry_model_config("qwen2.5-1.5b-instruct", "bfloat16", num_hidden_layers=hf_config["num_hidden_layers"])
     params = init_params(cfg, jax.random.key(0))
     model = Model(cfg, params, tokenizer=None)
     b, g, p, n = args.gpu_prompts, args.gpu_samples, args.gpu_prompt_len, args.gpu_new_tokens
@@ -239,14 +188,13 @@ def run_gpu(args) -> dict:
             print("transformers: torch has no CUDA device; running it on the CPU", flush=True)
         hf_cfg = transformers.Qwen2Config(**{k: v for k, v in hf_config.items() if k != "architectures"})
         hf = transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.bfloat16).to(device).eval()
-        hf_run = _hf_runner(hf, prompts, 0, g, n, device)
+        hf_run = common.hf_generate_runner(hf, prompts, 0, g, n, device)
         res["transformers_device"] = device
     r = b * g
     tina_run, info = _tina_runner(model, prompts, sampling)
     res.update(_compare(tina_run, hf_run, args.repeats, r * n))
     prefill_run, _ = _tina_runner(model, prompts, sampling.replace(max_new_tokens=1))
-    prefill_run(10_000)
-    prefill_s = statistics.median([prefill_run(i) for i in range(args.repeats)])
+    prefill_s = common.timed(prefill_run, args.repeats)[1]
     tina = res["tina_jax"]
     tina.update(info)
     step_s = (tina["steady_s"] - prefill_s) / (n - 1)
@@ -268,22 +216,27 @@ def run_gpu(args) -> dict:
     return res
 
 
-def main():
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu", action="store_true", help="the GPU workload instead of W1")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-hf", action="store_true", help="do not run transformers")
     ap.add_argument("--breakdown", action="store_true", help="W1: time a decode step's parts")
+    ap.add_argument("--model", default=common.DEFAULT_MODEL, help="W1: the model source (default the embedded SmolLM2)")
+    ap.add_argument("--smoke", action="store_true", help="W1 with 2 prompts x 2 samples x 8 tokens (tests; with --model)")
     ap.add_argument("--peak-bw", type=float, default=3.35e12, help="GPU peak memory bandwidth, bytes/s (H100 SXM)")
     ap.add_argument("--gpu-prompts", type=int, default=64)
     ap.add_argument("--gpu-samples", type=int, default=8)
     ap.add_argument("--gpu-prompt-len", type=int, default=256)
     ap.add_argument("--gpu-new-tokens", type=int, default=1024)
     ap.add_argument("--gpu-layers", type=int, default=0, help="override the layer count (0 = the registry's 28)")
-    args = ap.parse_args()
+    ap.add_argument("--out", default=None, help="also write the result JSON here")
+    args = ap.parse_args(argv)
     res = run_gpu(args) if args.gpu else run_w1(args)
-    print(json.dumps(res, default=float))
+    common.print_json(res)
+    common.write_json(args.out, res)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

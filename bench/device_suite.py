@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,41 +33,24 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from bench import common  # noqa: E402
 from tina_jax import adapters  # noqa: E402
-from tina_jax.models import init_params  # noqa: E402
-from tina_jax.models.config import ModelConfig  # noqa: E402
-from tina_jax.models.loading import REGISTRY  # noqa: E402
+from tina_jax.models import ModelConfig, init_params  # noqa: E402
 from tina_jax.rl.grpo import GrpoConfig, init_state, make_grpo_step  # noqa: E402
 from tina_jax.rl.losses import LossConfig  # noqa: E402
 from tina_jax.sampling import SamplingConfig, sample_tokens  # noqa: E402
 
-TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
-            tie_word_embeddings=True, model_type="qwen2", architectures=["Qwen2ForCausalLM"])
-
 
 def _config(name: str, smoke: bool, remat: bool = False) -> ModelConfig:
-    hf = TINY if smoke else REGISTRY[name].hf_config
-    dtype = "float32" if smoke else "bfloat16"
-    return ModelConfig.from_hf(hf, param_dtype=dtype, compute_dtype=dtype, remat=remat)
-
-
-def _peak_bytes() -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use")
+    if smoke:
+        return common.tiny_model_config("float32", remat=remat)
+    return common.registry_model_config(name, "bfloat16", remat=remat)
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
     """(compile + first call s, median steady s)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(0))
-    first = time.perf_counter() - t0
-    times = []
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(i + 1))
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    first, steady, _ = common.timed(fn, repeats)
+    return first, steady
 
 
 def rollout(args) -> dict:
@@ -95,30 +77,18 @@ def rollout(args) -> dict:
             "rollout_s": round(steady, 3), "prefill_s": round(prefill, 3), "decode_step_ms": round(1e3 * step_s, 3),
             "decode_tokens_per_s": round(rows / step_s, 1), "tokens_per_s_end_to_end": round(rows * n / steady, 1),
             "bytes_per_step_needed": int(needed),
-            "hbm_roofline_fraction": round(needed / step_s / args.peak_bw, 4), "peak_bytes": _peak_bytes()}
+            "hbm_roofline_fraction": round(needed / step_s / args.peak_bw, 4), "peak_bytes": common.device_peak_bytes()}
 
 
 def _step(cfg: ModelConfig, params, ad, rows: int, g: int, p: int, c: int, micro: int, repeats: int,
           peak_flops: float) -> dict:
-    rng = np.random.default_rng(0)
-    prompts = rng.integers(0, cfg.vocab_size, (rows // g, p))
-    lengths = rng.integers(c // 2, c + 1, rows)
-    batch = {"prompt_ids": jnp.asarray(np.repeat(prompts, g, 0), jnp.int32),
-             "prompt_mask": jnp.ones((rows, p), jnp.int32),
-             "completion_ids": jnp.asarray(rng.integers(0, cfg.vocab_size, (rows, c)), jnp.int32),
-             "completion_mask": jnp.asarray(np.arange(c)[None] < lengths[:, None], jnp.int32),
-             "advantages": jnp.asarray(rng.normal(size=rows), jnp.float32),
-             "sampler_logprobs": jnp.asarray(-rng.exponential(size=(rows, c)), jnp.float32)}
+    prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (rows // g, p))
+    batch = common.synthetic_grpo_batch(cfg.vocab_size, np.repeat(prompts, g, 0), np.ones((rows, p), np.int32), c,
+                                        seed=1)
     state = init_state(cfg, params, optax.adamw(1e-5), jax.random.key(2), adapter=ad)
     step = make_grpo_step(GrpoConfig(loss=LossConfig(aggregation="token_mean"), micro_batch_size=micro,
                                      logprob_chunk=256 if c >= 256 else 8, group_size=g, share_prompts=True))
-    holder = {"state": state}
-
-    def run(i):
-        holder["state"], m = step(holder["state"], batch)
-        return holder["state"].trainable, m
-
-    first, steady = _timed(run, repeats)
+    first, steady, _ = common.timed_updates(step, state, batch, repeats)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     tokens = rows // g * p + rows * c  # shared prompts counted once per group: the work needed
     flops = 4 * n_params * tokens
@@ -126,7 +96,7 @@ def _step(cfg: ModelConfig, params, ad, rows: int, g: int, p: int, c: int, micro
             "trainable_params": int(adapters.num_trainable(ad)), "compile_plus_first_s": round(first - steady, 2),
             "step_s": round(steady, 3), "tokens_per_s": round(tokens / steady, 1),
             "model_tflops_per_s": round(flops / steady / 1e12, 3), "mfu": round(flops / steady / peak_flops, 4),
-            "peak_bytes": _peak_bytes()}
+            "peak_bytes": common.device_peak_bytes()}
 
 
 def grpo(args) -> dict:

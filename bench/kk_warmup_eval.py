@@ -18,8 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 
-def main() -> None:
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="recipe giving data.train (puzzle sizes), prompt recipe, "
                                                     "rollout.max_new_tokens")
@@ -30,7 +32,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30, help="held-out puzzles per number of people")
     ap.add_argument("--batch", type=int, default=30)
     ap.add_argument("--out")
-    a = ap.parse_args()
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. model.source=DIR in tests)")
+    a = ap.parse_args(argv)
 
     import jax
     import numpy as np
@@ -39,7 +42,7 @@ def main() -> None:
     from tina_jax.data import kk, pipeline
     from tina_jax.models import load_model
 
-    cfg = config_lib.load_config(a.config)
+    cfg = config_lib.load_config(a.config, a.overrides)
     t0 = time.time()
     if a.base:
         model = load_model(cfg.model.source, dtype=cfg.model.dtype)
@@ -49,7 +52,7 @@ def main() -> None:
         name = f"{a.run}@{info['checkpoint']}"
     tok = model.tokenizer
     task = cfg.data.train.split(":", 1)[1]
-    sizes, _ = kk.parse_source(task)
+    sizes = kk.parse_source(task)[0]
     _, held = kk.synthetic_splits(task, cfg.data.n_train or 0, a.n * len(sizes), cfg.data.seed)
     ex, _ = pipeline.prepare_examples(held, tok, cfg.data.prompt_recipe, field_map=cfg.data.field_map or None,
                                       required_fields=("solution_text_format",),
@@ -59,7 +62,7 @@ def main() -> None:
     rows = []
     for i in range(0, len(ex), a.batch):
         chunk = ex[i:i + a.batch]
-        gen = trainer.rollout(model, params, chunk, s, jax.random.key(i))
+        gen = smp.generate(model, [e["prompt_ids"] for e in chunk], s, jax.random.key(i), params=params)
         ok = is_correct(gen.texts, solution_text_format=[e["solution_text_format"] for e in chunk])
         for e, t, c, n in zip(chunk, gen.texts, ok, np.asarray(gen.lengths)):
             rows.append({"people": e["num_people"], "correct": bool(c), "answer_tag": "</answer>" in t,
@@ -73,10 +76,9 @@ def main() -> None:
                                     "mean_length": float(np.mean([x["length"] for x in r])), "n": len(r)}
     res["accuracy"] = float(np.mean([x["correct"] for x in rows]))
     print(json.dumps(res, indent=1))
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1))
+    common.write_json(a.out, res, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,14 +41,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-RECIPE = REPO / "configs" / "smollm2_arith_cpu.yaml"
+from bench import common  # noqa: E402
+
+RECIPE = common.W1_RECIPE
 DEFAULT_OUT = REPO / "bench" / "results" / "learning_parity.json"
 SEVEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # W1 (the issue's settings). --smoke shrinks the batch and the completions, only to check the plumbing.
 W1 = dict(prompts_per_step=8, num_generations=8, max_new_tokens=48, temperature=1.0, rank=32, alpha=128.0,
           dropout=0.0, lr=1.0e-4, beta=0.0, max_grad_norm=1.0)
-SMOKE = dict(W1, prompts_per_step=2, num_generations=4, max_new_tokens=16)
+SMOKE = dict(W1, prompts_per_step=2, num_generations=4, max_new_tokens=16, rank=8)  # rank fits a tiny model
 
 SPEEDUP_TARGET = 2.5
 PEAK_TARGET_BYTES = 4e9
@@ -78,39 +80,13 @@ def tina_overrides(settings: dict, steps: int, run_dir: str | Path) -> list[str]
         f"train.max_steps={steps}", "train.eval_every=0", f"train.save_every={steps}", "train.sample_every=0",
         "train.plot=false", "train.tensorboard=false", "train.time_limit_minutes=null",
         f"train.run_dir={run_dir}",
-    ]
+    ] + ([f"model.source={s['model']}"] if s.get("model") else [])
 
 
 def build_config(settings: dict, steps: int, run_dir: str | Path):
     from tina_jax.config import load_config
 
     return load_config(RECIPE, overrides=tina_overrides(settings, steps, run_dir))
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (VmHWM), in bytes."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
-
-
-def _versions(*names: str) -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for n in names:
-        try:
-            out[n] = metadata.version(n)
-        except metadata.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
 
 
 def _tina_version() -> str:
@@ -157,13 +133,13 @@ def run_tina(settings: dict, steps: int, workdir: Path) -> dict:
         "reward": [r["reward/mean"] for r in rows],
         "step_s": [r["time/step_s"] for r in rows],
         "completion_mean_length": [r.get("completion/mean_length") for r in rows],
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": common.peak_rss_bytes(),
         "device_peak_bytes": device_peak,
         "wall_s": wall,
         "platform": dev.platform,
         "metrics": rows,
         "config": cfg.to_dict(),
-        "versions": {**_versions("jax", "jaxlib", "transformers"), "tina_jax": _tina_version()},
+        "versions": {**common.versions("jax", "jaxlib", "transformers"), "tina_jax": _tina_version()},
     }
 
 
@@ -291,7 +267,7 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
         "step_s": cb.step_s,
         "trl_step_time": [x.get("step_time") for x in cb.logs],
         "completion_mean_length": [x.get("completions/mean_length") for x in cb.logs],
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": common.peak_rss_bytes(),
         "device_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
         "wall_s": wall,
         "platform": "cuda" if torch.cuda.is_available() else "cpu",
@@ -302,7 +278,7 @@ def run_trl(settings: dict, steps: int, workdir: Path) -> dict:
         "grpo_config": kwargs,
         "lora_config": lora,
         "jax_imported": "jax" in sys.modules,
-        "versions": {**_versions("trl", "transformers", "torch", "peft", "accelerate"), "tina_jax": _tina_version()},
+        "versions": {**common.versions("trl", "transformers", "torch", "peft", "accelerate"), "tina_jax": _tina_version()},
     }
 
 
@@ -441,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run one side; the other side's results already in --out are reused if the settings match")
     ap.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(REPO)})")
     ap.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny batch: plumbing check only
+    ap.add_argument("--model", default=None, help="model.source for both frameworks (default the recipe's)")
     for hidden in ("--_child", "--_result", "--_workdir", "--_settings"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -451,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     settings = SMOKE if args.smoke else W1
+    if args.model:
+        settings = dict(settings, model=args.model)
     out = args.out or (DEFAULT_OUT.with_name("learning_parity_smoke.json") if args.smoke else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     wanted = {"tina": ["tina_jax"], "trl": ["trl"], "both": list(FRAMEWORKS)}[args.only]

@@ -26,12 +26,12 @@ DEFAULT = {"tina_open_rs2": [1, 2, 8], "tina_open_rs3": [1, 2, 8], "open_rs3_ful
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipes", default=",".join(DEFAULT))
+    ap.add_argument("--recipes", default=",".join(DEFAULT), help="names in configs/ or paths to .yaml files")
     ap.add_argument("--devices", default=None, help="device counts for every recipe (default: per recipe)")
     ap.add_argument("--out", default="bench/results/memory_plan.json")
     ap.add_argument("overrides", nargs="*", help="config overrides applied to every recipe (key=value)")
     args = ap.parse_args(argv)
-    counts = {r: ([int(x) for x in args.devices.split(",")] if args.devices else DEFAULT.get(r, [1]))
+    counts = {r: ([int(x) for x in args.devices.split(",")] if args.devices else DEFAULT.get(Path(r).stem, [1]))
               for r in args.recipes.split(",")}
     most = max(max(v) for v in counts.values())
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -40,16 +40,19 @@ def main(argv=None) -> int:
     from tina_jax.config import load_config
     from tina_jax.memory_plan import DEVICE_MEMORY, format_plan, memory_plan
 
-    rows = []
+    rows, failed = [], 0
     for recipe, devs in counts.items():
+        path = Path(recipe) if recipe.endswith(".yaml") else ROOT / "configs" / f"{recipe}.yaml"
+        recipe = path.stem
         for n in devs:
             extra = ["mesh.shape=[1,-1,1]"] if recipe.endswith("_full") else []
-            cfg = load_config(ROOT / "configs" / f"{recipe}.yaml", extra + list(args.overrides))
+            cfg = load_config(path, extra + list(args.overrides))
             t0 = time.time()
             try:
                 plan = memory_plan(cfg, devices=n)
             except Exception as e:  # noqa: BLE001 - report and go on with the other rows
                 print(f"{recipe} x{n}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                failed += 1
                 continue
             plan.update(recipe=recipe, compile_s=round(time.time() - t0, 1))
             rows.append(plan)
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
               f"{p['rollout']['total'] / 1e9:.1f} | {p['grpo_step']['total'] / 1e9:.1f} | "
               f"{p['peak_bytes_per_device'] / 1e9:.1f} | " + " | ".join("yes" if p["fits"][k] else "no" for k in names)
               + " |")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BASE_CONFIG = ROOT / "configs" / "smollm2_arith_cpu.yaml"
+from bench import common  # noqa: E402
+
+BASE_CONFIG = common.W1_RECIPE
 
 # The GRPO recipe every configuration shares, pinned here so that changes to the default recipe's
 # schedule or batch do not change the sweep: 4 prompts x G=8 per step (twice the updates per minute of
@@ -111,23 +113,12 @@ class Evaluator:
         return m["eval/greedy_accuracy"]
 
     def run_params(self, run_dir: Path):
-        """(policy parameters at the run's last checkpoint, its step)."""
-        import jax
-
-        from tina_jax import adapters, checkpoint, optim, trainer
+        """(the run's config, policy parameters at its last checkpoint, that checkpoint's step)."""
+        from tina_jax import trainer
         from tina_jax.config import load_config
-        from tina_jax.rl.grpo import init_state, policy_params
 
-        cfg = load_config(run_dir / "config.yaml", upgrade=True)
-        adapter = adapters.build(cfg.adapter, self.model.config, self.model.params)
-        tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps)
-        state = init_state(self.model.config, self.model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter)
-        with checkpoint.Checkpointer(run_dir / "checkpoints") as ckpt:
-            step = ckpt.latest_step()
-            if step is None:
-                raise RuntimeError(f"{run_dir} has no checkpoint: did the run fail? See {run_dir}.log")
-            arrays, _ = ckpt.restore(step, like=trainer._checkpoint_arrays(state))
-        return cfg, policy_params(trainer._restore_state(state, arrays)), step
+        _, params, info = trainer.load_run_policy(run_dir, "last", console=lambda s: None)
+        return load_config(run_dir / "config.yaml", upgrade=True), params, info["checkpoint"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,6 +239,7 @@ def lr_probe(args) -> dict:
     from tina_jax.data import pipeline
     from tina_jax.rl import advantages as adv_lib
     from tina_jax.rl.grpo import init_state, make_grpo_step, make_logprob_fn
+    from tina_jax.sampling import generate
 
     cfg0 = _load(REFERENCE, args)
     ev = Evaluator(cfg0)
@@ -260,9 +252,9 @@ def lr_probe(args) -> dict:
     # a batch whose groups carry signal (mixed rewards), sampled from the base model
     for i in range(20):
         examples = next(loader)
-        gen = trainer.rollout(model, model.params, examples, ev.sampling, jax.random.key(100 + i))
+        gen = generate(model, [ex["prompt_ids"] for ex in examples], ev.sampling, jax.random.key(100 + i))
         rewards = np.asarray(reward_fn(gen.texts, completion_lengths=[int(x) for x in np.asarray(gen.lengths)],
-                                       **trainer._field_lists(examples, G))[0], np.float32)
+                                       **common.field_lists(examples, G))[0], np.float32)
         if adv_lib.zero_advantage_group_fraction(jnp.asarray(rewards), G) < 1.0:
             break
     batch = gen.batch()

@@ -73,20 +73,6 @@ def smollm2_tokenizer_dir():
 def tiny_chat_model_dir(tmp_path_factory):
     """A tiny random Llama (2 layers, hidden 32) with SmolLM2's tokenizer and chat template: a real
     chat model's plumbing at toy cost, for trainer and end-to-end tests."""
-    import shutil
+    from helpers import save_tiny_chat_model
 
-    import torch
-    import transformers
-
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    d = tmp_path_factory.mktemp("tiny_chat")
-    model.save_pretrained(str(d), safe_serialization=True)
-    src = smollm2_tokenizer_dir()
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (src / f).is_file():
-            shutil.copy(src / f, d / f)
-    return d
+    return save_tiny_chat_model(tmp_path_factory.mktemp("tiny_chat"))

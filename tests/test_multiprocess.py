@@ -8,9 +8,6 @@ metrics and parameters.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 import signal
 import socket
 import subprocess
@@ -21,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "launch" / "train.py"
+from helpers import ROOT, TRAIN, assert_same_metrics, comparable, metric_rows as _rows, save_tiny_chat_model
+from helpers import start_train, train_env
+
 STEPS = 3
-_TIMING = ("time/", "throughput/")
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +29,7 @@ def peaked_chat_model_dir(tmp_path_factory):
     """``tiny_chat_model_dir``'s model with larger random weights (init std 0.5, not 0.02): its next-token
     distributions are peaked, not uniform, so completions' gradients differ and the group-centred GRPO
     gradient is not a near-total cancellation that rounding (another reduction order) could swing."""
-    import shutil
-
-    import torch
-    import transformers
-    from conftest import smollm2_tokenizer_dir
-
-    cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
-                                   initializer_range=0.5)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("peaked_chat")
-    transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).save_pretrained(str(d))
-    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
-        if (smollm2_tokenizer_dir() / f).is_file():
-            shutil.copy(smollm2_tokenizer_dir() / f, d / f)
-    return d
+    return save_tiny_chat_model(tmp_path_factory.mktemp("peaked_chat"), initializer_range=0.5)
 
 
 def _overrides(model_dir: Path, run_dir: Path, mesh: str) -> list[str]:
@@ -68,10 +49,8 @@ def _overrides(model_dir: Path, run_dir: Path, mesh: str) -> list[str]:
 
 
 def _env(devices: int, cache: Path) -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-                # the resumed processes compile the same programs again: share them
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # the resumed processes compile the same programs again: share them
+    return train_env(devices, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
 def _free_port() -> int:
@@ -81,8 +60,7 @@ def _free_port() -> int:
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(TRAIN), "--config", str(ROOT / "configs" / "smollm2_arith_cpu.yaml"),
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_train(ROOT / "configs" / "smollm2_arith_cpu.yaml", args, env)
 
 
 def _start_pair(overrides: list[str], cache: Path) -> list[subprocess.Popen]:
@@ -97,18 +75,8 @@ def _finish(procs: list[subprocess.Popen], timeout: float = 600) -> None:
         assert p.returncode == 0, out[-4000:]
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
-
-
 def _metrics(run_dir: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for r in _rows(run_dir):
-        out.setdefault(r["step"], {}).update({k: v for k, v in r.items() if not k.startswith(_TIMING)})
-    return out
+    return comparable(_rows(run_dir))
 
 
 def _trained(run_dir: Path) -> list[np.ndarray]:
@@ -128,15 +96,7 @@ def _trained(run_dir: Path) -> list[np.ndarray]:
 
 
 def _assert_same(got_dir: Path, want: dict, want_params: list[np.ndarray]) -> None:
-    got = _metrics(got_dir)
-    assert sorted(got) == sorted(want), "metrics.jsonl must hold each step once"
-    for step in want:
-        assert set(got[step]) == set(want[step]), step
-        for k, v in want[step].items():
-            if isinstance(v, float) and math.isfinite(v):
-                assert abs(got[step][k] - v) <= 1e-5 * max(1.0, abs(v)), (step, k, got[step][k], v)
-            else:
-                assert got[step][k] == v, (step, k)
+    assert_same_metrics(_metrics(got_dir), want)
     params = _trained(got_dir)
     assert len(params) == len(want_params)
     for a, b in zip(params, want_params):

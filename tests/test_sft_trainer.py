@@ -1,7 +1,6 @@
 """SFT data rendering (real chat template), the SFT loop's exact resume, and init_from for two stages."""
 from __future__ import annotations
 
-import math
 import signal
 
 import jax
@@ -9,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import smollm2_tokenizer_dir
-from test_trainer import _comparable, _rows, _train_steps, _wait_for, ROOT, TRAIN
+from helpers import ROOT, assert_same_metrics, comparable as _comparable, metric_rows as _rows, start_train
+from helpers import wait_for_steps as _wait_for
 
 SFT_CFG = ROOT / "configs" / "smollm2_kk_sft_cpu.yaml"
 
@@ -86,13 +86,7 @@ def _sft_overrides(model_dir, run_dir, steps=5, eval_every=3) -> list[str]:
 
 
 def _start(args):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, str(TRAIN), "--config", str(SFT_CFG), *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_train(SFT_CFG, args)
 
 
 @pytest.mark.slow
@@ -113,15 +107,7 @@ def test_killed_sft_run_resumes_to_identical_metrics(tiny_chat_model_dir, tmp_pa
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-3000:]
     assert "resumed from" in out
-    got = _comparable(_rows(run_dir))
-    assert sorted(got) == sorted(want)
-    for step in want:
-        assert set(got[step]) == set(want[step]), step
-        for k, v in want[step].items():
-            if isinstance(v, float) and math.isfinite(v):
-                assert abs(got[step][k] - v) <= 1e-5 * max(1.0, abs(v)), (step, k, got[step][k], v)
-            else:
-                assert got[step][k] == v, (step, k)
+    assert_same_metrics(_comparable(_rows(run_dir)), want)
 
 
 @pytest.mark.slow

@@ -2,20 +2,16 @@
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "launch" / "train.py"
-# Wall-clock keys differ between runs; everything else must match exactly (fp32 tolerance).
-_TIMING = ("time/", "throughput/")
+from helpers import ROOT, assert_same_metrics, comparable as _comparable, metric_rows as _rows, start_train
+from helpers import train_steps as _train_steps, wait_for_steps as _wait_for
+
+RECIPE = ROOT / "configs" / "smollm2_arith_cpu.yaml"
 
 
 def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
@@ -29,35 +25,7 @@ def _overrides(model_dir: Path, run_dir: Path) -> list[str]:
 
 
 def _start(args: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu")
-    return subprocess.Popen([sys.executable, str(TRAIN), "--config", str(ROOT / "configs" / "smollm2_arith_cpu.yaml"),
-                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
-
-
-def _train_steps(run_dir: Path) -> int:
-    return sum(1 for r in _rows(run_dir) if "loss" in r)
-
-
-def _wait_for(proc: subprocess.Popen, run_dir: Path, steps: int, timeout: float = 300) -> None:
-    t0 = time.time()
-    while _train_steps(run_dir) < steps:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        assert time.time() - t0 < timeout, "training did not progress"
-        time.sleep(0.05)
-
-
-def _comparable(rows: list[dict]) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for r in rows:
-        out.setdefault(r["step"], {}).update({k: v for k, v in r.items() if not k.startswith(_TIMING)})
-    return out
+    return start_train(RECIPE, args)
 
 
 def test_killed_run_resumes_to_identical_metrics(tiny_chat_model_dir, tmp_path):
@@ -88,15 +56,7 @@ def test_killed_run_resumes_to_identical_metrics(tiny_chat_model_dir, tmp_path):
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out[-3000:]
 
-    got = _comparable(_rows(run_dir))
-    assert sorted(got) == sorted(want), "metrics.jsonl must hold each step once"
-    for step in want:
-        assert set(got[step]) == set(want[step]), step
-        for k, v in want[step].items():
-            if isinstance(v, float) and math.isfinite(v):
-                assert abs(got[step][k] - v) <= 1e-5 * max(1.0, abs(v)), (step, k, got[step][k], v)
-            else:
-                assert got[step][k] == v, (step, k)
+    assert_same_metrics(_comparable(_rows(run_dir)), want)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "summary.json").is_file()
     assert "cost:" in json.loads((run_dir / "summary.json").read_text())["cost"]
 
