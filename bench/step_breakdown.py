@@ -47,8 +47,8 @@ PHASES = ("data", "policy params", "rollout", "rollout: of which text decode", "
 TOP = ("data", "policy params", "rollout", "rewards", "advantages+batch", "old logprobs", "ref logprobs", "update",
        "metrics (host)")
 
-SMOKE_OVERRIDES = ["grpo.prompts_per_step=2", "rollout.num_generations=4", "rollout.max_new_tokens=8",
-                   "grpo.micro_batch_size=4", "adapter.rank=4", "data.n_train=16", "data.n_eval=2"]
+SMOKE_OVERRIDES = ["grpo.prompts_per_step=2", "rollout.num_samples=4", "rollout.max_new_tokens=8",
+                   "grpo.micro_batch_size=4", "adapter.r=4", "data.n_train=16", "data.n_eval=2"]
 
 
 def build(cfg):
@@ -57,7 +57,7 @@ def build(cfg):
     (One place to change when the trainer exposes ``setup(cfg)``: this becomes that call.)"""
     import jax
 
-    from tina_jax import optim, sampling as smp, trainer
+    from tina_jax import adapters, config as config_lib, optim, trainer
     from tina_jax.models import load_model
     from tina_jax.rl.grpo import init_state, make_grpo_step, make_logprob_fn
 
@@ -65,22 +65,17 @@ def build(cfg):
                        remat=cfg.model.remat)
     tok = model.tokenizer
     train_ex, _, _ = trainer.build_data(cfg, tok)
-    adapter = trainer.build_adapter(cfg, model.config, model.params)
-    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, trainer.updates_per_rollout(cfg))
+    adapter = adapters.build(cfg.adapter, model.config, model.params)
+    tx = optim.build_optimizer(cfg.optim, cfg.train.max_steps, config_lib.updates_per_rollout(cfg))
+    gcfg = config_lib.grpo_config(cfg)
     state = init_state(model.config, model.params, tx, jax.random.key(cfg.train.seed), adapter=adapter,
-                       keep_reference=adapter is None and cfg.grpo.beta > 0)
-    gcfg = trainer.grpo_config(cfg)
-    r = cfg.rollout
-    sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                                  top_k=r.top_k, num_samples=r.num_generations,
-                                  stop_token_ids=smp.default_stop_token_ids(model.config, tok),
-                                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-                                  max_prompt_length=cfg.data.max_prompt_length, adapter_decoding=r.adapter_decoding)
+                       keep_reference=adapter is None and gcfg.loss.beta > 0)
+    sampling = config_lib.sampling_config(cfg)
     _, is_correct = trainer.correctness_fn(cfg)
     return dict(model=model, loader=trainer.build_loader(cfg, train_ex), reward_fn=trainer.build_rewards(cfg, tok),
                 is_correct=is_correct, state=state, gcfg=gcfg, sampling=sampling,
                 step_fn=make_grpo_step(gcfg), old_logprob_fn=make_logprob_fn(gcfg),
-                schedule=optim.update_schedule(cfg.optim, cfg.train.max_steps, trainer.updates_per_rollout(cfg)),
+                schedule=optim.update_schedule(cfg.optim, cfg.train.max_steps, config_lib.updates_per_rollout(cfg)),
                 sample_root=jax.random.key(cfg.train.seed + 1), trim_padding=trainer.trim_padding)
 
 
@@ -113,7 +108,7 @@ def run_step(p: dict, cfg, step: int) -> tuple[Timer, dict]:
 
     T = Timer()
     g, r = cfg.grpo, cfg.rollout
-    G = r.num_generations
+    G = r.num_samples
     t_step = time.perf_counter()
     examples = T("data", lambda: next(p["loader"]))
     params = T("policy params", lambda: policy_params(p["state"]))
@@ -257,7 +252,7 @@ def main(argv=None) -> int:
     print("\n" + text)
     g, r = cfg.grpo, cfg.rollout
     res = {"config": args.config, "overrides": list(args.overrides), "smoke": args.smoke, "model": cfg.model.source,
-           "backend": jax.default_backend(), "rows": g.prompts_per_step * r.num_generations,
+           "backend": jax.default_backend(), "rows": g.prompts_per_step * r.num_samples,
            "updates_per_rollout": g.mini_batches * g.num_iterations, "max_new_tokens": r.max_new_tokens,
            "setup_s": setup_s, "warmup_steps": [t.s | {"compiles": sum(t.compiles.values())} for t, _ in warm],
            "phases": summary, "steps": [{"seconds": t.s, "compiles": t.compiles, "metrics": m} for t, m in timed],

@@ -136,7 +136,7 @@ def test_kk_warmup_eval_base_smoke(tiny_chat_model_dir, tmp_path):
 def test_memory_plan_smoke(tiny_chat_model_dir, tmp_path):
     out = tmp_path / "mp.json"
     _run("memory_plan", "--recipes", "smollm2_arith_cpu", "--devices", "2", "--out", str(out),
-         f"model.source={tiny_chat_model_dir}", "rollout.max_new_tokens=8", "adapter.rank=4")
+         f"model.source={tiny_chat_model_dir}", "rollout.max_new_tokens=8", "adapter.r=4")
     (row,) = json.loads(out.read_text())
     assert row["devices"] == 2 and row["grpo_step"]["total"] > 0 and row["rollout"]["total"] > 0
 
@@ -179,7 +179,7 @@ def test_kk_scripts_on_a_trained_run(tiny_chat_model_dir, tmp_path):
     cfg = config_lib.load_config(ROOT / "configs" / "smollm2_kk_sft_cpu.yaml", [
         f"model.source={tiny_chat_model_dir}", f"train.run_dir={run}", "train.max_steps=1", "train.save_every=1",
         "train.eval_every=0", "data.n_train=8", "data.n_eval=2", "sft.batch_size=2", "sft.micro_batch_size=2",
-        "optim.lr=1e-2", "adapter.rank=4", "train.plot=false", "train.tensorboard=false",
+        "optim.lr=1e-2", "adapter.r=4", "train.plot=false", "train.tensorboard=false",
         "train.time_limit_minutes=null"])
     trainer.train(cfg, console=lambda s: None)
     d, info = _script("kk_weight_change").max_change(str(run), "base")

@@ -153,7 +153,7 @@ def test_batch_that_does_not_divide_the_mesh_fails_before_loading_the_model(tiny
     """3 (fake CPU) devices, mesh [-1, 1, 1]: the default recipe's mini-batch of 32 completions cannot be split
     over data = 3; the run (and its dry run) stops at once with one line naming both numbers."""
     run = tmp_path / "run"
-    over = [f"model.source={tiny_chat_model_dir}", f"train.run_dir={run}", "mesh.shape=[-1,1,1]", "adapter.rank=4",
+    over = [f"model.source={tiny_chat_model_dir}", f"train.run_dir={run}", "mesh.shape=[-1,1,1]", "adapter.r=4",
             "data.n_train=32"]
     r = train_cli(RECIPE, over + (["--dry-run", "--no-memory-plan"] if dry else []), devices=3, timeout=300)
     assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
@@ -165,7 +165,7 @@ def test_batch_that_does_not_divide_the_mesh_fails_before_loading_the_model(tiny
 @pytest.mark.slow  # a whole dry run in a subprocess (~30 s on 2 cores)
 def test_the_same_command_on_a_mesh_that_divides_passes_the_dry_run(tiny_chat_model_dir, tmp_path):
     over = [f"model.source={tiny_chat_model_dir}", f"train.run_dir={tmp_path / 'run'}", "mesh.shape=[-1,1,1]",
-            "adapter.rank=4", "data.n_train=32", "--dry-run", "--no-memory-plan"]
+            "adapter.r=4", "data.n_train=32", "--dry-run", "--no-memory-plan"]
     ok = train_cli(RECIPE, over, devices=4, timeout=300)
     assert ok.returncode == 0 and "dry run OK" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
     assert "data x fsdp x tensor = 4 x 1 x 1" in ok.stdout, ok.stdout[-2000:]
@@ -181,8 +181,8 @@ def test_dry_run_reports_the_recipe_it_was_given(tiny_chat_model_dir, tmp_path):
     from tina_jax.config import load_config
 
     over = [f"model.source={tiny_chat_model_dir}", f"train.run_dir={tmp_path / 'run'}", "data.n_train=10",
-            "data.num_epochs=1", "grpo.prompts_per_step=2", "rollout.num_generations=4", "grpo.micro_batch_size=4",
-            "rollout.max_new_tokens=16", "adapter.rank=4", "train.max_steps=20"]
+            "data.num_epochs=1", "grpo.prompts_per_step=2", "rollout.num_samples=4", "grpo.micro_batch_size=4",
+            "rollout.max_new_tokens=16", "adapter.r=4", "train.max_steps=20"]
     cfg = load_config(RECIPE, over)
     lines = []
     rep = trainer.dry_run(cfg, console=lines.append, memory_plan=False)

@@ -201,15 +201,6 @@ def check_context(cfg: RunConfig, mcfg) -> None:
             f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
             f"tokens ({cfg.model.source}); lower one of them")
 
-def check_context(cfg: RunConfig, mcfg) -> None:
-    """Prompts plus completions must fit the model's context (the model config is known only once loaded)."""
-    need = cfg.data.max_prompt_length + cfg.rollout.max_new_tokens
-    if need > mcfg.max_position_embeddings:
-        raise TrainingError(
-            f"data.max_prompt_length ({cfg.data.max_prompt_length}) + rollout.max_new_tokens "
-            f"({cfg.rollout.max_new_tokens}) = {need} exceeds the model's context of {mcfg.max_position_embeddings} "
-            f"tokens ({cfg.model.source}); lower one of them")
-
 
 def bench_eval(cfg: RunConfig, model, params, run_dir: Path, step: int, console: Callable[[str], None]) -> dict:
     """The eval section's benchmarks on ``params`` (``tina_jax.evaluation``), as flat metrics."""
