@@ -133,19 +133,16 @@ def breakdown(model, prompts, sampling, repeats: int = 7) -> dict:
     b, g, n = len(ids), sampling.num_samples, sampling.max_new_tokens
     p = S.prompt_bucket(max(map(len, ids)))
     r = b * g
-    hkv, hd, L = cfg.num_kv_heads, cfg.head_dim, cfg.num_layers
-    layers = jax.jit(lambda t: S._decode_layers(cfg, t))(params["layers"])
-    rest = {k: v for k, v in params.items() if k != "layers"}
-    pkv = [(jnp.zeros((b, hkv, hd, p)), jnp.zeros((b, hkv, p, hd))) for _ in range(L)]
-    cache = tuple((jnp.zeros((r, hkv, hd, n)), jnp.zeros((r, hkv, n, hd))) for _ in range(L))
-    pmask = jnp.ones((b, p), bool)
-    tok = jnp.ones((r,), jnp.int32)
+    prefix = dict(decoder.init_cache(cfg, b, p), mask=jnp.ones((b, p), bool))
+    cache = decoder.init_cache(cfg, r, n)
+    tok = jnp.ones((r, 1), jnp.int32)
+    rest = params
 
     @jax.jit
-    def layers_fn(rest, layers, pkv, cache):
-        return S._decode_hidden(cfg, rest, layers, tok, tok + p, jnp.int32(n // 2), pkv, pmask, cache)
+    def layers_fn(params, prefix, cache):  # one decode step's layers, as sample_tokens runs them
+        return decoder.forward_cached(cfg, params, tok, tok + p, cache, jnp.int32(n // 2), prefix=prefix)
 
-    head_fn = jax.jit(lambda rest, h: decoder.logits_from_hidden(cfg, rest, h))
+    head_fn = jax.jit(lambda rest, h: decoder.logits_from_hidden(cfg, rest, h[:, 0]))
     choose_fn = jax.jit(lambda logits, key: S.choose_tokens(logits, key, sampling))
 
     def med(fn):
@@ -157,9 +154,9 @@ def breakdown(model, prompts, sampling, repeats: int = 7) -> dict:
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    h, _ = layers_fn(rest, layers, pkv, cache)
+    h, _ = layers_fn(params, prefix, cache)
     logits = head_fn(rest, h)
-    t_layers = med(lambda: layers_fn(rest, layers, pkv, cache)[0])
+    t_layers = med(lambda: layers_fn(params, prefix, cache)[0])
     t_head = med(lambda: head_fn(rest, h))
     t_choose = med(lambda: choose_fn(logits, jax.random.key(0)))
     total = t_layers + t_head + t_choose
