@@ -102,7 +102,7 @@ def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
     params_sh = shd.tree_shardings(params, mesh)
     sampling = SamplingConfig(max_new_tokens=n_new, temperature=r.temperature or 1.0, top_p=r.top_p, top_k=r.top_k,
                               num_samples=r.num_generations, stop_token_ids=tuple(mcfg.eos_token_ids) or (0,),
-                              max_prompt_length=p_len)
+                              max_prompt_length=p_len, compact_rows=n == 1)  # as generate() on a mesh
     prompts = g.prompts_per_step
     pi = jax.ShapeDtypeStruct((prompts, p_len), jnp.int32,
                               sharding=shd.batch_sharding(mesh, 2) if prompts % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0
