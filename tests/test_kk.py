@@ -114,3 +114,12 @@ def test_synthetic_kk_source_gives_traced_train_and_new_held_out_puzzles():
     assert pipeline.load_records("synthetic:kk4", "train", n=3, seed=1) == kk.synthetic_splits("kk4", 3, 0, 1)[0]
     with pytest.raises(ValueError, match="people"):
         pipeline.load_records("synthetic:kk1-9", "train", n=3)
+    # no_think: the same traces without the leading "<think>" (prompts that end with it), options combine
+    plain = pipeline.load_records("synthetic:kk2-3:compact", "train", n=4, n_eval=2, seed=3)
+    bare = pipeline.load_records("synthetic:kk2-3:compact,no_think", "train", n=4, n_eval=2, seed=3)
+    assert [r["completion"] for r in plain] == ["<think>\n" + r["completion"] for r in bare]
+    assert all(not r["completion"].startswith("<think>") for r in bare)
+    assert kk.parse_source("kk3-7:no_think") == ((3, 4, 5, 6, 7), False, False)
+    for bad in ("kk3:fast", "kk3:compact,x", "kk3:,"):
+        with pytest.raises(ValueError, match="options among compact, no_think"):
+            kk.parse_source(bad)

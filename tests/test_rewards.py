@@ -618,6 +618,119 @@ def test_kk_prefix_gold_fields_and_errors():
 
 
 # ---------------------------------------------------------------------------------------------
+# warmup_math: the warm-up paper's MATH reward [safal312/warmup-before-you-train train/dataset_loader.py
+# load_math reward_correct]. Completions start after the prompt's pre-filled "<think>". Expected values
+# follow the paper's formula by hand: -2 unless </think>, <answer>, </answer> occur once each and the
+# text matches `.+</think>\s*<answer>(.+)</answer>\s*$`; -1 if the answer block has no closed \boxed{}
+# (or \fbox{}); else +2 if verify(parse(last box), parse(gold box)), -0.5 if not.
+
+LAST_BOXED_CASES = [
+    ("a " + B + "{1} b " + B + "{\\frac{1}{2}} c", B + "{\\frac{1}{2}}"),
+    ("x " + B + "{{1}{2}}", B + "{{1}{2}}"),
+    ("\\fbox{3}", "\\fbox{3}"),
+    (B + "{a} then \\fbox{b}", B + "{a}"),  # \boxed wins over a later \fbox
+    (B + "{3", None),  # never closes
+    ("no box here", None),
+    ("", None),
+    (B + " 5$ and " + B + "{6}", B + " 5"),  # the space form wins wherever it is, cut at "$"
+    (B + "{6} then " + B + " 7", B + " 7"),
+    (B + "x}{1}", None),  # "}" before any "{": the brace count never returns to 0
+]
+
+
+def test_last_boxed_only_string():
+    for text, want in LAST_BOXED_CASES:
+        assert R.last_boxed_only_string(text) == want, text
+
+
+WM_CASES = [
+    # (completion, gold answer field, expected)
+    ("reasoning</think><answer>" + B + "{7}</answer>", "7", 2.0),
+    ("reasoning</think>\n\n<answer> The answer is $" + B + "{7}$. </answer>\n", "7", 2.0),
+    ("reasoning</think> <answer> so " + B + "{8} </answer>", "7", -0.5),
+    ("r</think><answer>" + B + "{\\frac{14}{2}}</answer>", "7", 2.0),
+    ("r</think><answer>" + B + "{0.5}</answer>", "\\frac{1}{2}", 2.0),
+    ("r</think><answer>" + B + "{3} no, " + B + "{7}</answer>", "7", 2.0),  # the last box counts
+    ("r</think><answer>" + B + "{7} no, " + B + "{3}</answer>", "7", -0.5),
+    ("r</think><answer>" + B + "{54.60}</answer>", " \\$ 54.60", 2.0),
+    # the argument order: verify(answer, gold); math-verify accepts x<2 for the gold (-inf, 2), not the reverse
+    ("r</think><answer>" + B + "{x<2}</answer>", "(-\\infty,2)", 2.0),
+    ("r</think><answer>" + B + "{(-\\infty,2)}</answer>", "x<2", -0.5),
+    # no closed box in the answer block: -1
+    ("r</think><answer>7</answer>", "7", -1.0),
+    ("r</think><answer> </answer>", "7", -1.0),  # one space is an answer block
+    ("r</think><answer>" + B + "{7</answer>", "7", -1.0),
+    (B + "{7} r</think><answer>7</answer>", "7", -1.0),  # a box outside the answer block does not count
+    # bad format: -2
+    ("r</think><answer>" + B + "{7}</answer> and more", "7", -2.0),
+    ("r<answer>" + B + "{7}</answer>", "7", -2.0),
+    ("</think><answer>" + B + "{7}</answer>", "7", -2.0),  # nothing before </think>
+    ("r</think><answer></answer>", "7", -2.0),  # empty answer block
+    ("a</think>b</think><answer>" + B + "{7}</answer>", "7", -2.0),
+    ("r</think><answer>a</answer><answer>" + B + "{7}</answer>", "7", -2.0),
+    ("r</think>x<answer>" + B + "{7}</answer>", "7", -2.0),  # text between </think> and <answer>
+    ("r</think><answer>" + B + "{7}", "7", -2.0),
+    ("", "7", -2.0),
+]
+
+
+def test_warmup_math_table(pool):
+    fn = R.warmup_math_reward(pool=pool, timeout=30)
+    assert fn.__name__ == "warmup_math" and fn.correct_at == 2.0
+    got = fn([c for c, _, _ in WM_CASES], answer=[g for _, g, _ in WM_CASES], unused=[0] * len(WM_CASES))
+    assert got == [w for _, _, w in WM_CASES], [(c, g, w) for (c, _, w), g in zip(WM_CASES, got) if g != w]
+
+
+def test_warmup_math_matches_math_verify_called_as_the_paper_did(pool):
+    """Well-formatted completions score 2 exactly when math-verify, called as the paper's reward called it
+    (``verify(parse(last box), parse(gold box))``, default configurations), says equal; -0.5 otherwise."""
+    from math_verify import parse, verify
+
+    pairs = [  # (answer box content, gold answer)
+        ("7", "7"), ("007", "7"), ("\\dfrac{3}{4}", "\\frac{3}{4}"), ("0.75", "\\frac34"), ("1, 2", "2, 1"),
+        ("(1,2]", "(1, 2]"), ("[1,2]", "(1, 2]"), ("\\sqrt{8}", "2\\sqrt{2}"), ("x=2", "2"), ("2", "x = 2"),
+        ("50\\%", "0.5"), ("\\text{A,C}", "\\text{A,C}"), ("A,C", "\\text{A,C}"), ("-3", "3"),
+        ("(3,-2,-9)", "(3,-2,-9)"), ("x^2+4x+1", "x^2 + 4x + 1"), ("\\pi", "3.14"), ("1/2", "\\frac12"),
+    ]
+    want = [2.0 if verify(parse(B + "{" + a + "}"), parse(B + "{" + g + "}")) else -0.5 for a, g in pairs]
+    assert 3 <= want.count(-0.5) <= len(pairs) - 3  # the oracle separates right from wrong here
+    fn = R.warmup_math_reward(pool=pool, timeout=30)
+    got = fn([f"r</think><answer>{B}{{{a}}}</answer>" for a, _ in pairs], answer=[g for _, g in pairs])
+    assert got == want, [(p, g, w) for p, g, w in zip(pairs, got, want) if g != w]
+
+
+def test_warmup_math_gold_fields(pool, caplog):
+    fn = R.warmup_math_reward(pool=pool, timeout=30)
+    right = "r</think><answer>" + B + "{\\frac{1}{2}}</answer>"
+    # a MATH solution: its last box is the gold (the paper's last_boxed_only_string(solution))
+    sol = "First $" + B + "{3}$ is not it; in the end $" + B + "{\\dfrac{1}{2}}$."
+    assert fn([right], solution=[sol], answer=["3"]) == [2.0]  # solution wins over answer, as in accuracy
+    assert R.warmup_math_reward(pool=pool, timeout=30, gold_field="answer")([right], solution=[sol],
+                                                                            answer=["3"]) == [-0.5]
+    assert fn([right], answer=[0.5]) == [2.0]  # numbers are read as text
+    assert R.warmup_math_gold("7") == B + "{7}"
+    assert R.warmup_math_gold(sol, "solution") == B + "{\\dfrac{1}{2}}"
+    with caplog.at_level(logging.WARNING, logger="tina_jax.rewards.warmup"):
+        assert fn([right, "r</think><answer>x</answer>"], solution=[B + "{1"] * 2) == [-0.5, -1.0]
+    assert any("no closed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="'solution'.*'answer'"):
+        fn([right], problem=["p"])
+    with pytest.raises(ValueError, match="field 'target', which is missing"):
+        R.warmup_math_reward(gold_field="target")([right], answer=["1"])
+    with pytest.raises(ValueError, match="one entry per completion|entries for"):
+        fn([right, right], answer=["1"])
+
+
+def test_warmup_math_check_that_times_out_scores_wrong(pool):
+    fn = R.warmup_math_reward(pool=pool, timeout=TIMEOUT)
+    pool.start(wait=True)
+    slow = "r</think><answer>" + B + "{" + "1+" * 1_500_000 + "1}</answer>"
+    got, dt = _timed(fn, [slow, "r</think><answer>" + B + "{2}</answer>"], answer=["5", "2"])
+    assert got == [-0.5, 2.0]
+    assert dt < 2 * TIMEOUT + SLACK
+
+
+# ---------------------------------------------------------------------------------------------
 # The checker pool under adversarial input.
 
 
@@ -704,7 +817,7 @@ def test_pool_validation_and_default_pool():
 
 def test_get_reward_registry():
     assert set(R.REWARD_NAMES) == {"accuracy", "format", "tag_count", "cosine", "length", "reasoning_steps",
-                                   "repetition_penalty", "gsm8k_strict", "kk"}
+                                   "repetition_penalty", "gsm8k_strict", "kk", "warmup_math"}
     for name in R.REWARD_NAMES:
         assert R.get_reward(name).__name__ == name
     assert R.get_reward("cosine", max_len=3584, length_unit="chars", clamp=True).__name__ == "cosine"

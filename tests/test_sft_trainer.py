@@ -54,6 +54,30 @@ def test_prompt_tokens_carry_no_loss_on_a_real_chat_template(tok):
         prepare_sft_examples(records[3:4], tok)
 
 
+def test_raw_prompt_ending_in_spaces_trains_every_token_after_the_prompt_text(tok):
+    """Recipe warmup_kk ends in "<think>\\n    ": the tokens of the prompt alone are not a prefix of the whole
+    text's (BPE merges the spaces with what follows), so the whole text is tokenized once and every token
+    holding completion characters is trained, as TRL's completion-only collator did for the paper."""
+    from tina_jax.data import prompts
+    from tina_jax.data.sft import prepare_sft_examples
+
+    quiz = "A very special island is inhabited only by knights and knaves. Zoey says ..."
+    completion = "Suppose Zoey is a knight.\n</think>\n<answer>\n(1) Zoey is a knight\n</answer>"
+    prompt_text = prompts.WARMUP_KK_PROMPT.format(quiz=quiz)
+    assert prompt_text.endswith("Assistant: <think>\n    ")
+    p_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    full_ids = tok(prompt_text + completion, add_special_tokens=False)["input_ids"]
+    assert full_ids[:len(p_ids)] != p_ids  # the case this path exists for
+    ex, rep = prepare_sft_examples([{"quiz": quiz, "completion": completion}], tok, recipe="warmup_kk")
+    ids, mask = ex[0]["input_ids"], np.array(ex[0]["loss_mask"])
+    assert ids == full_ids and rep["kept"] == 1
+    k = int(np.argmax(mask))
+    assert (mask[:k] == 0).all() and (mask[k:] == 1).all()  # one prompt part, then one completion part
+    assert prompt_text.startswith(tok.decode(ids[:k])) and len(tok.decode(ids[:k])) < len(prompt_text)
+    assert tok.decode(ids[:k + 1]).startswith(prompt_text)  # the first trained token is the one that crosses
+    assert tok.decode(ids[k:]).endswith(completion) and not tok.decode(ids[k:]).startswith("<")
+
+
 def _sft_overrides(model_dir, run_dir, steps=5, eval_every=3) -> list[str]:
     return [f"model.source={model_dir}", f"train.run_dir={run_dir}", f"train.max_steps={steps}",
             "train.save_every=1", f"train.eval_every={eval_every}", "data.n_eval=2", "data.n_train=40", "rollout.max_new_tokens=8",

@@ -272,12 +272,18 @@ def sft_record(puzzle: dict, think_open: bool = True, compact: bool = False) -> 
     return dict(puzzle, completion=reasoning_trace(puzzle, think_open, compact))
 
 
-def parse_source(task: str) -> tuple[tuple[int, ...], bool]:
-    """``"kk3"``, ``"kk2-3"`` or ``"kk2-3:compact"`` (the part after ``synthetic:``) -> (sizes, compact)."""
+_SOURCE_OPTIONS = ("compact", "no_think")
+
+
+def parse_source(task: str) -> tuple[tuple[int, ...], bool, bool]:
+    """``"kk3"``, ``"kk2-3"``, ``"kk2-3:compact"`` or ``"kk3-7:no_think"`` (options joined by ``,``; the part
+    after ``synthetic:``) -> (sizes, compact, think_open). ``no_think``: traces without the leading
+    ``<think>``, for prompts that end with it (recipes ``warmup_kk``, ``kk_logic_rl``)."""
     body, _, opt = task.partition(":")
-    if not body.startswith("kk") or opt not in ("", "compact"):
-        raise ValueError(f"K&K source must look like synthetic:kk3, synthetic:kk2-3 or synthetic:kk2-3:compact; "
-                         f"got synthetic:{task}")
+    opts = [o for o in opt.split(",") if o] if opt else []
+    if not body.startswith("kk") or any(o not in _SOURCE_OPTIONS for o in opts) or (opt and not opts):
+        raise ValueError(f"K&K source must look like synthetic:kk3, synthetic:kk2-3 or synthetic:kk2-3:<options> "
+                         f"with options among {', '.join(_SOURCE_OPTIONS)} joined by ','; got synthetic:{task}")
     lo, _, hi = body[2:].partition("-")
     try:
         sizes = tuple(range(int(lo), int(hi or lo) + 1))
@@ -285,7 +291,7 @@ def parse_source(task: str) -> tuple[tuple[int, ...], bool]:
         raise ValueError(f"synthetic:{task}: people must be a number or a range such as 2-3") from None
     if not sizes or sizes[0] < MIN_PEOPLE or sizes[-1] > MAX_PEOPLE:
         raise ValueError(f"synthetic:{task}: people must lie in {MIN_PEOPLE}..{MAX_PEOPLE}")
-    return sizes, opt == "compact"
+    return sizes, "compact" in opts, "no_think" not in opts
 
 
 def synthetic_splits(task: str, n_train: int, n_eval: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -294,12 +300,12 @@ def synthetic_splits(task: str, n_train: int, n_eval: int, seed: int) -> tuple[l
     use base seed ``2 * seed``, eval puzzles ``2 * seed + 1``, and an eval puzzle whose statements also occur
     in the train split is replaced by the next seed, so held-out puzzles are new problems (not only new names).
     """
-    sizes, compact = parse_source(task)
+    sizes, compact, think_open = parse_source(task)
 
     def shares(n):
         return [n // len(sizes) + (i < n % len(sizes)) for i in range(len(sizes))]
 
-    train = [sft_record(make_puzzle(p, 2 * seed * 10**6 + k), compact=compact)
+    train = [sft_record(make_puzzle(p, 2 * seed * 10**6 + k), think_open, compact)
              for p, m in zip(sizes, shares(n_train)) for k in range(m)]
     seen = {r["statements"] for r in train}
     evals = []
@@ -313,7 +319,7 @@ def synthetic_splits(task: str, n_train: int, n_eval: int, seed: int) -> tuple[l
             k += 1
             if r["statements"] in seen:
                 continue
-            evals.append(sft_record(r, compact=compact))
+            evals.append(sft_record(r, think_open, compact))
             got += 1
     return train, evals
 

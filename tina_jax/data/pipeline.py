@@ -54,7 +54,8 @@ def load_records(source: str, split: str | None = None, **kw) -> "list[dict] | A
     Args:
       source: one of
         - ``"synthetic:<task>"`` (``add``, ``sub``, ``mul``, see ``tasks.py``; or K&K puzzles ``kk3``,
-          ``kk2-3``, ``kk2-3:compact`` with reasoning traces, see ``kk.py``). Keyword arguments:
+          ``kk2-3``, ``kk2-3:compact``, ``kk3-7:no_think`` with reasoning traces, see
+          ``kk.parse_source``). Keyword arguments:
           ``n`` (records of this split, required), ``seed`` (default 0), and for a train split
           ``n_eval`` / for an eval split ``n_train`` (default 0): the size of the other split, checked
           to fit in the pool. Train (``split`` None or "train") and eval (``split`` in

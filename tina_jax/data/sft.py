@@ -11,8 +11,13 @@ A record gives its target in one of three layouts (first match wins):
 
 Rendering: ``prompt_ids = template(prompt, add_generation_prompt=True)`` and ``full_ids = template(prompt +
 [assistant: completion])``; the loss covers ``full_ids[len(prompt_ids):]`` (the completion and the
-template's end-of-turn tokens, so the model learns to stop). A template whose full rendering does not
-extend the prompt's rendering is an error (no silent misalignment). Records without a target, and
+template's end-of-turn tokens, so the model learns to stop). When the prompt's tokens are not a prefix
+of the full tokens although its text is a prefix of the full text (a merge across the boundary, e.g. a
+raw-text prompt ending in spaces, recipe ``warmup_kk``), the full text is tokenized once and the loss
+covers every token that holds completion characters (by the fast tokenizer's offsets), as TRL's
+completion-only collator trained on everything after the prompt in one tokenization. Otherwise a
+template whose full rendering does not extend the prompt's rendering is an error (no silent
+misalignment). Records without a target, and
 sequences longer than ``max_length`` (``overlong="skip"``, or cut to ``max_length`` with
 ``"truncate"``), are counted in the report.
 """
@@ -81,6 +86,29 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool, chat_templ
     return [int(t) for t in out]
 
 
+def _split_by_text(tokenizer, messages: list[dict], completion: str, chat_template: str | None,
+                   ) -> tuple[list[int], list[int]] | None:
+    """``(full_ids, loss_mask)`` from one tokenization of the full text, the mask set on tokens that end
+    past the prompt text; None when the prompt text is not a prefix of the full text, or the tokenizer
+    gives no offsets (a slow tokenizer) or no template is used."""
+    if chat_template is None and not prompts_lib.has_chat_template(tokenizer):
+        return None
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    p_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                           chat_template=chat_template)
+    f_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                           tokenize=False, add_generation_prompt=False, chat_template=chat_template)
+    if not f_text.startswith(p_text) or len(f_text) == len(p_text):
+        return None
+    enc = tokenizer(f_text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(t) for t in enc["input_ids"]]
+    mask = [int(end > len(p_text)) for _, end in enc["offset_mapping"]]
+    if not any(mask):
+        return None
+    return ids, mask
+
+
 def prepare_sft_examples(records: Iterable[Mapping[str, Any]], tokenizer,
                          recipe: str | prompts_lib.PromptRecipe = "plain",
                          field_map: Mapping[str, str] | None = None, completion_field: str = "completion",
@@ -110,12 +138,16 @@ def prepare_sft_examples(records: Iterable[Mapping[str, Any]], tokenizer,
         messages, completion = split
         p_ids = _render(tokenizer, messages, True, r.chat_template)
         full = _render(tokenizer, messages + [{"role": "assistant", "content": completion}], False, r.chat_template)
-        if full[:len(p_ids)] != p_ids or len(full) <= len(p_ids):
-            raise ValueError(
-                f"record {i}: the chat template's rendering of prompt + completion does not start with its "
-                "rendering of the prompt alone, so the completion tokens cannot be located; use a template "
-                "whose assistant turn appends to the generation prompt (or data with prompt/completion text)")
-        mask = [0] * len(p_ids) + [1] * (len(full) - len(p_ids))
+        if full[:len(p_ids)] == p_ids and len(full) > len(p_ids):
+            mask = [0] * len(p_ids) + [1] * (len(full) - len(p_ids))
+        else:
+            split = _split_by_text(tokenizer, messages, completion, r.chat_template)
+            if split is None:
+                raise ValueError(
+                    f"record {i}: the chat template's rendering of prompt + completion does not start with its "
+                    "rendering of the prompt alone, so the completion tokens cannot be located; use a template "
+                    "whose assistant turn appends to the generation prompt (or data with prompt/completion text)")
+            full, mask = split
         if len(full) > max_length:
             report["overlong"] += 1
             problem(i)

@@ -17,6 +17,7 @@ cosine               ``cosine_reward(max_len=1000, ...)``        open-r1, math-v
 length               ``length_reward(...)``                      open-r1 (Kimi 1.5), math-verify
 gsm8k_strict         ``gsm8k_strict_reward()``                   verl (TinyLoRA)
 kk                   ``kk_reward(scoring="logic_rl")``           Logic-RL / warm-up paper
+warmup_math          ``warmup_math_reward()``                    warm-up paper, math-verify
 ===================  ==========================================  ==============================
 
 ``get_reward(name, **params)`` builds one by name; ``combine([(fn, weight), ...])`` sums them.
@@ -50,6 +51,7 @@ from tina_jax.rewards.math import (
     gsm8k_extract,
     gsm8k_gold,
     gsm8k_strict_reward,
+    last_boxed_only_string,
 )
 from tina_jax.rewards.pool import CheckerPool, get_pool, shutdown
 from tina_jax.rewards.puzzles import kk_reward, kk_score_logic_rl, kk_score_warmup
@@ -62,6 +64,7 @@ from tina_jax.rewards.shaping import (
     repetition_penalty_reward,
     tag_count_reward,
 )
+from tina_jax.rewards.warmup import warmup_answer_block, warmup_math_gold, warmup_math_reward
 
 __all__ = [
     "CORRECT",
@@ -89,11 +92,15 @@ __all__ = [
     "kk_reward",
     "kk_score_logic_rl",
     "kk_score_warmup",
+    "last_boxed_only_string",
     "length_reward",
     "reasoning_steps_reward",
     "repetition_penalty_reward",
     "shutdown",
     "tag_count_reward",
+    "warmup_answer_block",
+    "warmup_math_gold",
+    "warmup_math_reward",
 ]
 
 RewardFn = Callable[..., list[float]]
@@ -106,6 +113,7 @@ _FACTORIES: dict[str, Callable[..., RewardFn]] = {
     "repetition_penalty": repetition_penalty_reward,
     "gsm8k_strict": gsm8k_strict_reward,
     "kk": kk_reward,
+    "warmup_math": warmup_math_reward,
 }
 _PLAIN: dict[str, RewardFn] = {
     "format": format_reward,

@@ -36,6 +36,7 @@ __all__ = [
     "gsm8k_extract",
     "gsm8k_gold",
     "gsm8k_strict_reward",
+    "last_boxed_only_string",
 ]
 
 RewardFn = Callable[..., list[float]]
@@ -58,10 +59,16 @@ MATH_VERIFY_TIMEOUT = 5
 #   "lenient": gold as "tina"; the answer as open-r1 extracts it, else the last plain number of the
 #              text ("so the sum is 57." counts); verify(gold, answer). For small models that never box
 #              their answer (the CPU default recipe).
-CheckMode = Literal["tina", "open_r1", "lenient"]
+#   "warmup":  the completion argument is already the answer (a "\boxed{..}" string); both it and the
+#              gold parsed with math-verify's defaults, verify(answer, gold)
+#              [safal312/warmup-before-you-train train/dataset_loader.py load_math reward_correct:
+#               verify(parse(ext_string), parse(gt))]. Used by tina_jax.rewards.warmup, not an
+#              accuracy flavour.
+CheckMode = Literal["tina", "open_r1", "lenient", "warmup"]
 _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 _LENIENT_TAIL = 1000  # characters searched for the last number
-_CHECK_MODES = ("tina", "open_r1", "lenient")
+_FLAVOURS = ("tina", "open_r1", "lenient")  # accuracy_reward's flavours
+_CHECK_MODES = (*_FLAVOURS, "warmup")
 
 
 def _require_str_list(completions: Any) -> list[str]:
@@ -181,9 +188,12 @@ def _parse_gold(gold: str, mode: str, step_timeout: int) -> list:
     key = (gold, mode)
     if key in _GOLD_CACHE:
         return _GOLD_CACHE[key]
-    _, gold_tina, gold_open_r1 = _configs()
-    cfg = gold_open_r1 if mode == "open_r1" else gold_tina
-    parsed = parse(gold, extraction_config=cfg, extraction_mode="first_match", parsing_timeout=step_timeout)
+    if mode == "warmup":  # math-verify's defaults: both configs, extraction_mode="any_match"
+        parsed = parse(gold, parsing_timeout=step_timeout)
+    else:
+        _, gold_tina, gold_open_r1 = _configs()
+        cfg = gold_open_r1 if mode == "open_r1" else gold_tina
+        parsed = parse(gold, extraction_config=cfg, extraction_mode="first_match", parsing_timeout=step_timeout)
     if parsed:
         if len(_GOLD_CACHE) >= _GOLD_CACHE_MAX:
             _GOLD_CACHE.clear()
@@ -213,6 +223,9 @@ def check_answer(completion: str, gold: str, mode: str = "open_r1", step_timeout
     gold_parsed = _parse_gold(gold, mode, step_timeout)
     if len(gold_parsed) == 0:
         return GOLD_UNPARSEABLE
+    if mode == "warmup":
+        answer_parsed = parse(completion, parsing_timeout=step_timeout)
+        return CORRECT if verify(answer_parsed, gold_parsed, timeout_seconds=step_timeout) else WRONG
     answer_parsed = parse(completion, extraction_config=_configs(boxed)[0], extraction_mode="first_match",
                           parsing_timeout=step_timeout)
     if mode == "lenient" and not answer_parsed:
@@ -264,7 +277,7 @@ def answer_verdicts(
 
     Args:
       completions, golds: aligned lists of texts.
-      mode: gold parsing / verify order, ``"tina"``, ``"open_r1"`` or ``"lenient"``.
+      mode: gold parsing / verify order, ``"tina"``, ``"open_r1"``, ``"lenient"`` or ``"warmup"``.
       timeout: seconds per item, or None for math-verify's own limits (see ``_limits``); an item that
         times out or whose check raises counts as ``WRONG`` (``VERIFY_FAILED`` in mode "tina"), logged
         as a warning.
@@ -274,7 +287,8 @@ def answer_verdicts(
         and len rewards).
 
     Returns one verdict per completion: ``CORRECT`` (1), ``WRONG`` (0), ``GOLD_UNPARSEABLE`` (-1) or
-    ``VERIFY_FAILED`` (-2, mode "tina" only).
+    ``VERIFY_FAILED`` (-2, mode "tina" only). Mode ``"warmup"`` (see ``CheckMode``) expects the
+    extracted answer in place of the completion.
     """
     if mode not in _CHECK_MODES:
         raise ValueError(f"mode must be one of {_CHECK_MODES}, got {mode!r}")
@@ -287,7 +301,7 @@ def answer_verdicts(
 
 
 def accuracy_reward(
-    flavour: CheckMode = "tina",
+    flavour: Literal["tina", "open_r1", "lenient"] = "tina",
     *,
     on_unparseable_gold: Literal["skip", "one"] | None = None,
     timeout: float | None = None,
@@ -320,8 +334,8 @@ def accuracy_reward(
 
     Returns ``accuracy(completions, **fields) -> list[float]``.
     """
-    if flavour not in _CHECK_MODES:
-        raise ValueError(f"flavour must be one of {_CHECK_MODES}, got {flavour!r}")
+    if flavour not in _FLAVOURS:
+        raise ValueError(f"flavour must be one of {_FLAVOURS}, got {flavour!r}")
     if on_unparseable_gold is None:
         on_unparseable_gold = "one" if flavour == "open_r1" else "skip"
     if on_unparseable_gold not in ("skip", "one"):
@@ -337,6 +351,40 @@ def accuracy_reward(
 
     accuracy.__name__ = accuracy.__qualname__ = "accuracy"
     return accuracy
+
+
+# ----------------------------------------------------------------------------------------------
+# The MATH dataset's answer extraction [hendrycks/math modeling/math_equivalence.py; the copy in
+# safal312/warmup-before-you-train train/custom_MATH_reward.py, which its MATH reward uses].
+
+
+def last_boxed_only_string(text: str) -> str | None:
+    """The last ``\\boxed{...}`` of ``text`` with balanced braces (``"\\boxed{\\frac{1}{2}}"``), else the
+    last ``\\fbox{...}``; ``None`` if there is none or its braces never close.
+
+    Kept as the MATH code has it: if ``"\\boxed "`` (a space, no brace) occurs anywhere, the result
+    is ``"\\boxed "`` + the text after its last occurrence up to the next ``$``, even when a braced box
+    follows; the scan after ``\\boxed`` takes the first brace group that closes (``"\\boxedx}{1}"``
+    gives ``None``).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"last_boxed_only_string expects a string, got {type(text).__name__}")
+    if "\\boxed " in text:
+        return "\\boxed " + text.split("\\boxed ")[-1].split("$")[0]
+    start = text.rfind("\\boxed")
+    if start < 0:
+        start = text.rfind("\\fbox")
+        if start < 0:
+            return None
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:i + 1]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

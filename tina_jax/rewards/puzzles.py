@@ -20,6 +20,7 @@ import re
 from typing import Any, Literal
 
 from tina_jax.rewards.math import RewardFn, _field, _require_str_list
+from tina_jax.rewards.warmup import warmup_answer_block
 
 __all__ = [
     "kk_reward",
@@ -98,9 +99,6 @@ def kk_score_logic_rl(response: str, solution_text_format: str, format_reward: f
     return float(format_score + answer_score)
 
 
-_WARMUP_FORMAT_RE = re.compile(r".+</think>\s*<answer>(.+)</answer>\s*$", re.DOTALL)
-
-
 def _warmup_table(text: str) -> dict[str, str]:
     """The warm-up paper's line parser: for each line of >= 2 space-separated tokens,
     ``{second token: last token}``, lower-cased ("(1) Amelia is a knight" -> amelia: knight)."""
@@ -114,20 +112,16 @@ def _warmup_table(text: str) -> dict[str, str]:
 
 
 def kk_score_warmup(completion: str, solution_text_format: str) -> float:
-    """The warm-up paper's K&K reward (RECIPES.md section 7): -2 bad format (``</think>``,
-    ``<answer>``, ``</answer>`` each exactly once and the text matching
-    ``.+</think>\\s*<answer>(.+)</answer>\\s*$``), -1 if a name is not in the gold or a role mentions
-    neither knight nor knave, +2 if the parsed table equals the gold's, else -0.5.
+    """The warm-up paper's K&K reward (RECIPES.md section 7): -2 bad format
+    (:func:`tina_jax.rewards.warmup.warmup_answer_block`), -1 if a name is not in the gold or a role
+    mentions neither knight nor knave, +2 if the parsed table equals the gold's, else -0.5.
     [safal312/warmup-before-you-train train/dataset_loader.py load_kk reward_kk]
     """
-    if not (completion.count("</think>") == 1 and completion.count("<answer>") == 1
-            and completion.count("</answer>") == 1):
-        return -2.0
-    m = _WARMUP_FORMAT_RE.search(completion)
-    if m is None:
+    block = warmup_answer_block(completion)
+    if block is None:
         return -2.0
     gold = _warmup_table(solution_text_format)
-    pred = _warmup_table(m.group(1).strip())
+    pred = _warmup_table(block.strip())
     if any(name not in gold for name in pred):
         return -1.0
     if any("knight" not in role and "knave" not in role for role in pred.values()):
