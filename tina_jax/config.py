@@ -88,6 +88,8 @@ class RolloutSection:
     # merged: adapters folded into the kernels for sampling (plain matmuls; the authors' vLLM rollouts);
     # factored: x K + c (x A) B inside each decode step, the trainer's numerics (bf16 keeps tiny updates)
     adapter_decoding: Literal["merged", "factored"] = "merged"
+    # dtype of the merged kernels (merged decoding); None: the base weights' dtype
+    merge_dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

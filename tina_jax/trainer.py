@@ -444,7 +444,7 @@ def _train_grpo(cfg: RunConfig, resume: bool, console: Callable[[str], None]) ->
     sampling = smp.SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
                                   top_k=r.top_k, num_samples=r.num_generations, stop_token_ids=stop_ids,
                                   pad_token_id=pad_id, max_prompt_length=cfg.data.max_prompt_length,
-                                  adapter_decoding=r.adapter_decoding)
+                                  adapter_decoding=r.adapter_decoding, merge_dtype=r.merge_dtype)
     sample_root = jax.random.key(cfg.train.seed + 1)
     eval_root = jax.random.key(cfg.train.seed + 2)
 
