@@ -18,7 +18,9 @@ runs the training block (``decoder._block``, every projection through ``linear.d
 ``lax.scan`` over the stacked layer weights, and ``decoder.attention``, the one attention function (rows
 over a prefix shared by each group of rows plus their own keys) that the training forward uses too. One
 KV-cache layout (``decoder.init_cache``: keys ``[L, rows, Hkv, hd, S]``, values ``[L, rows, Hkv, S, hd]``)
-serves the prefill and the decode loop; no weight is copied or re-laid out per call.
+serves the prefill and the decode loop; no weight is copied or re-laid out per call (the scan takes one
+layer's weights at a time: XLA on CPU copies that layer's slice each step, GPU/TPU backends can read it in
+place). q/k/v and gate/up run as separate matmuls, as in training.
 
 1. **Prefill** the B distinct left-padded prompts once; logits only at the last prompt position, repeated
    to the prompt's G rows. The prompt cache is the decode loop's *shared prefix*: attention reads it once
