@@ -98,7 +98,9 @@ def test_kv_cache_forward_matches_full_forward(hf_tiny_dir):
     got = np.concatenate(got, axis=1)
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], full[real], atol=TOL, rtol=0)
-    assert cache["k"].shape == (cfg.num_layers, b, s, cfg.num_kv_heads, cfg.head_dim)
+    # the one cache layout of prefill and decoding: keys [L, B, Hkv, hd, S], values [L, B, Hkv, S, hd]
+    assert cache["k"].shape == (cfg.num_layers, b, cfg.num_kv_heads, cfg.head_dim, s)
+    assert cache["v"].shape == (cfg.num_layers, b, cfg.num_kv_heads, s, cfg.head_dim)
 
 
 def test_scan_compiles_once_for_any_depth():

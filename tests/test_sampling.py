@@ -479,3 +479,98 @@ def test_smollm2_sampled_logprobs_match_forward():
     valid = np.asarray(out.completion_mask).astype(bool)
     np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
     assert (got[~valid] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Decode segments, compaction, factored adapters, no weight copies (issue 14)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["greedy", "top_p_fallback"])
+def test_windows_and_compaction_do_not_change_tokens(mode, tiny):
+    """Decoding in doubling windows from 2 slots, with finished prompt groups compacted out at every
+    boundary, gives the tokens, lengths and logprobs of one full-window segment over the whole batch."""
+    model, _ = tiny("qwen2_tied")
+    n, g = 24, 2
+    base = {"greedy": S.SamplingConfig(n, temperature=0.0, num_samples=g),
+            "top_p_fallback": S.SamplingConfig(n, temperature=1.5, top_p=0.9, nucleus_cap=4, num_samples=g)}[mode]
+    free = _run(model, PROMPTS, base.replace(stop_token_ids=()), seed=4)
+    toks = np.asarray(free.tokens)
+
+    def lengths_with(stop):  # a stopped run is the free run cut after its first stop token
+        hit = np.isin(toks, stop)
+        return np.where(hit.any(1), hit.argmax(1) + 1, n)
+
+    # two stop tokens (early tokens of group 0's two rows) that end one group early and leave a full row
+    cands = [(int(toks[0, i]), int(toks[1, j])) for i in range(1, 6) for j in range(1, 6)]
+    stop = next(tuple(sorted(set(c))) for c in cands
+                if lengths_with(c).reshape(-1, g).max(1).min() <= 8 and (lengths_with(c) == n).any())
+    ref = _run(model, PROMPTS, base.replace(stop_token_ids=stop, decode_window=n), seed=4)
+    got = _run(model, PROMPTS, base.replace(stop_token_ids=stop, decode_window=2), seed=4)
+    lengths = np.asarray(ref.lengths)
+    np.testing.assert_array_equal(lengths, lengths_with(stop))
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(ref.tokens))
+    np.testing.assert_array_equal(np.asarray(got.lengths), lengths)
+    np.testing.assert_allclose(np.asarray(got.logprobs), np.asarray(ref.logprobs), atol=1e-5)  # fp32 round-off
+    off = _run(model, PROMPTS, base.replace(stop_token_ids=stop, decode_window=2, compact_rows=False), seed=4)
+    np.testing.assert_array_equal(np.asarray(off.tokens), np.asarray(ref.tokens))
+
+
+def test_segments_read_only_the_filled_window_and_compact():
+    """The decode program's attention reads windows of 4, 8, 16 slots (not the 16-slot cache every step),
+    and the compacted segments run on 2 and 1 of the 4 prompt groups."""
+    cfg = tina_jax.ModelConfig(family="llama", vocab_size=64, hidden_size=40, intermediate_size=48, num_layers=2,
+                               num_heads=4, num_kv_heads=2, head_dim=10, eos_token_ids=(3,))
+    params = decoder.param_shapes(cfg)
+    b, g, p = 4, 3, 16
+    s = S.SamplingConfig(16, num_samples=g, decode_window=4)
+    ids = jnp.ones((b, p), jnp.int32)
+    text = str(jax.make_jaxpr(lambda prm: S.sample_tokens(cfg, prm, ids, ids, jax.random.key(0), s))(params))
+    for rows in (12, 6, 3):  # 4, 2, 1 groups of G = 3
+        for w in (4, 8, 16):
+            if rows == 12 or w > 4:  # compaction starts at the first boundary
+                assert f"f32[{rows},2,10,{w}]" in text, (rows, w)
+    assert "f32[12,2,10,16]" in text and "f32[3,2,10,4]" not in text
+
+
+@pytest.mark.parametrize("kind", ["lora", "tinylora"])
+def test_factored_decoding_equals_merged_fp32(kind, tiny):
+    """In float32, decoding with the adapter applied factored in every step (x K + c (x A) B) samples the
+    same tokens with the same logprobs as decoding the merged kernels."""
+    from tina_jax import adapters
+
+    model, _ = tiny("llama")
+    cfg, params = model.config, model.params
+    if kind == "lora":
+        ad = adapters.init("lora", cfg, params, jax.random.key(0), r=4, alpha=8)
+        ad = ad.replace(trainable=jax.tree.map(lambda x: x + 0.05, ad.trainable))
+    else:
+        ad = adapters.init("tinylora", cfg, params, jax.random.key(0), u=2, n_tie=3)
+        ad = ad.replace(trainable={"v": jnp.full_like(ad.trainable["v"], 0.3)})
+    adapted = adapters.apply(params, ad)
+    prompt = jnp.asarray(np.random.default_rng(1).integers(0, 128, (2, 8)), jnp.int32)
+    mask = jnp.ones_like(prompt)
+    out = {}
+    for mode in ("merged", "factored"):
+        s = S.SamplingConfig(max_new_tokens=12, num_samples=3, stop_token_ids=(), adapter_decoding=mode)
+        out[mode] = [np.asarray(x) for x in S.sample_tokens(cfg, adapted, prompt, mask, jax.random.key(1), s)]
+    base = np.asarray(S.sample_tokens(cfg, params, prompt, mask, jax.random.key(1), s)[0])
+    np.testing.assert_array_equal(out["factored"][0], out["merged"][0])
+    np.testing.assert_allclose(out["factored"][1], out["merged"][1], atol=3e-5, rtol=0)  # fp32 round-off of K + dK
+    assert (out["merged"][0] != base).any(), "the adapter must change the samples"
+
+
+def test_decoding_copies_no_layer_weights():
+    """The compiled sampler's scratch memory stays far below the stacked layer weights, with plain or
+    factored-adapter parameters: no per-call copy (or fused re-layout) of the weights."""
+    from tina_jax import adapters
+
+    cfg = tina_jax.ModelConfig(family="llama", vocab_size=64, hidden_size=256, intermediate_size=1024, num_layers=8,
+                               num_heads=4, num_kv_heads=2, head_dim=64)
+    params = decoder.init_params(cfg, jax.random.key(0))
+    layer_bytes = sum(x.nbytes for x in jax.tree.leaves(params["layers"]))
+    ad = adapters.init("lora", cfg, params, jax.random.key(1), r=4, alpha=8)
+    ids = jnp.ones((2, 16), jnp.int32)
+    for tree, mode in ((params, "merged"), (adapters.apply(params, ad), "factored")):
+        s = S.SamplingConfig(4, num_samples=2, adapter_decoding=mode)
+        compiled = S.sample_tokens.lower(cfg, tree, ids, ids, jax.random.key(0), s).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        assert temp < 0.3 * layer_bytes, (mode, temp, layer_bytes)

@@ -101,7 +101,7 @@ def memory_plan(cfg, devices: int | None = None, mcfg=None) -> dict:
     params = jax.eval_shape(policy_params, state)
     params_sh = shd.tree_shardings(params, mesh)
     sampling = sampling_config(cfg, temperature=r.temperature or 1.0, adapter_decoding="merged",
-                               stop_token_ids=tuple(mcfg.eos_token_ids) or (0,))
+                               stop_token_ids=tuple(mcfg.eos_token_ids) or (0,), compact_rows=n == 1)  # as generate() on a mesh
     prompts = g.prompts_per_step
     pi = jax.ShapeDtypeStruct((prompts, p_len), jnp.int32,
                               sharding=shd.batch_sharding(mesh, 2) if prompts % (mesh.shape["data"] * mesh.shape["fsdp"]) == 0

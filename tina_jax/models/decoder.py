@@ -14,8 +14,12 @@ Parameter pytree (layers stacked on a leading axis L so one ``lax.scan`` runs th
 Kernels are ``[in, out]`` (``y = x @ K``); any kernel may be an adapter container (see ``linear.py``).
 Activations and matmuls run in ``config.compute_dtype``; RMSNorm statistics, softmax and logits in fp32.
 
-KV cache (decoding): ``{"k": [L, B, S, Hkv, hd], "v": [L, B, S, Hkv, hd]}`` in a configurable dtype,
-written in place at a slot index shared by the batch (prompts are left-padded so all rows align).
+KV cache (prefill and decoding, one layout): ``{"k": [L, B, Hkv, hd, S], "v": [L, B, Hkv, S, hd]}`` in a
+configurable dtype (keys stored transposed, so both attention matmuls read the cache in XLA's canonical
+dot layout without a per-step transpose), written in place at a slot index shared by the batch (prompts are
+left-padded so all rows align). ``attention`` is the one attention function: rows over an optional prefix
+shared by each group of rows (a prompt's keys for its G completions) plus their own keys; the training
+forward, the shared-prompt GRPO forward, the prefill and every decode step use it.
 """
 from __future__ import annotations
 
@@ -68,21 +72,45 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention.
+def cache_layout(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys/values [B, T, Hkv, hd] as the cache stores them: keys [B, Hkv, hd, T], values [B, Hkv, T, hd]."""
+    return k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
 
-    q [B, T, Hq, hd], k/v [B, S, Hkv, hd], mask bool[B, T, S] (True = may attend) -> [B, T, Hq, hd].
-    Scores and softmax in fp32.
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, prefix: tuple | None = None) -> jax.Array:
+    """Grouped-query attention of R rows over [a prefix shared by each group of rows | the rows' own keys].
+
+    q [R, T, Hq, hd]; k [R, Hkv, hd, S] and v [R, Hkv, S, hd]: each row's own keys/values in the cache
+    layout (``cache_layout``); mask bool[R or 1, T, S] (True = may attend).
+    ``prefix``: None, or (pk [B, Hkv, hd, P], pv [B, Hkv, P, hd], pmask bool[B, P]): keys/values shared by
+    the G = R / B rows of each group (rows group-major: a prompt's cache for its G samples), read once per
+    group instead of being copied G times. Scores (scaled by hd^-0.5 in fp32) and softmax in fp32, one
+    softmax over the prefix and own keys together. Returns [R, T, Hq, hd] in q's dtype.
     """
-    b, t, hq, hd = q.shape
-    hkv = k.shape[2]
-    q = q.reshape(b, t, hkv, hq // hkv, hd)
-    scores = jnp.einsum("btgrd,bsgd->bgrts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (hd ** -0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bgrts,bsgd->btgrd", probs, v)
-    return out.reshape(b, t, hq, hd)
+    r, t, hq, hd = q.shape
+    hkv, s = k.shape[1], k.shape[-1]
+    rep = hq // hkv
+    dt, f32, scale = q.dtype, jnp.float32, hd ** -0.5
+    qr = q.reshape(r, t, hkv, rep, hd).transpose(0, 2, 1, 3, 4)  # [R, Hkv, T, rep, hd]
+    s_c = jnp.einsum("nktrd,nkds->nktrs", qr, k.astype(dt), preferred_element_type=f32) * scale
+    s_c = jnp.where(mask[:, None, :, None, :], s_c, _NEG)
+    if prefix is None:
+        probs = jax.nn.softmax(s_c, axis=-1).astype(dt)
+        out = jnp.einsum("nktrs,nksd->nktrd", probs, v.astype(dt))
+    else:
+        pk, pv, pmask = prefix
+        b, p = pk.shape[0], pk.shape[-1]
+        g = r // b
+        qp = qr.reshape(b, g, hkv, t, rep, hd).transpose(0, 2, 1, 3, 4, 5)  # [B, Hkv, G, T, rep, hd]
+        s_p = jnp.einsum("bkgtrd,bkdp->bkgtrp", qp, pk.astype(dt), preferred_element_type=f32) * scale
+        s_p = jnp.where(pmask[:, None, None, None, None, :], s_p, _NEG)
+        s_p = s_p.transpose(0, 2, 1, 3, 4, 5).reshape(r, hkv, t, rep, p)
+        probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(dt)
+        p_p = probs[..., :p].reshape(b, g, hkv, t, rep, p).transpose(0, 2, 1, 3, 4, 5)
+        o_p = jnp.einsum("bkgtrp,bkpd->bkgtrd", p_p, pv.astype(dt))
+        o_p = o_p.transpose(0, 2, 1, 3, 4, 5).reshape(r, hkv, t, rep, hd)
+        out = o_p + jnp.einsum("nktrs,nksd->nktrd", probs[..., p:], v.astype(dt))
+    return out.transpose(0, 2, 1, 3, 4).reshape(r, t, hq, hd)
 
 
 def _qkv(cfg: ModelConfig, p: Params, x: jax.Array, positions: jax.Array):
@@ -171,7 +199,7 @@ def hidden_states(
         mask = causal[None] & valid[:, None, :]  # [B, T(query), T(key)]
 
     def layer(h, p):
-        h, _ = _block(cfg, p, h, positions, lambda q, k, v: (attention(q, k, v, mask), None))
+        h, _ = _block(cfg, p, h, positions, lambda q, k, v: (attention(q, *cache_layout(k, v), mask), None))
         return h, (h if return_layers else None)
 
     if cfg.remat:
@@ -196,10 +224,11 @@ def forward(
 # KV-cache forward (decoding)
 # ----------------------------------------------------------------------------------------------
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> Cache:
-    """Zeroed cache {"k", "v"}: [L, batch, max_len, Hkv, hd] in ``dtype`` (default: compute dtype)."""
+    """Zeroed cache: keys [L, batch, Hkv, hd, max_len], values [L, batch, Hkv, max_len, hd], in ``dtype``
+    (default: compute dtype)."""
     dtype = as_dtype(dtype or cfg.compute_dtype)
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    L, hkv, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+    return {"k": jnp.zeros((L, batch, hkv, hd, max_len), dtype), "v": jnp.zeros((L, batch, hkv, max_len, hd), dtype)}
 
 
 def forward_cached(
@@ -209,39 +238,55 @@ def forward_cached(
     positions: jax.Array,
     cache: Cache,
     write_index: jax.Array,
-    kv_valid: jax.Array,
+    kv_valid: jax.Array | None = None,
+    prefix: Cache | None = None,
+    window: int | None = None,
 ) -> tuple[jax.Array, Cache]:
     """Run T new tokens per row against the cache, writing their keys/values at slots
-    ``write_index .. write_index + T - 1`` (shared by all rows).
+    ``write_index .. write_index + T - 1`` (shared by all rows). The prefill and every decode step.
 
-    input_ids int[B, T]; positions int[B, T]; write_index int32[] ; kv_valid bool[B, S] marks cache
-    slots holding real tokens *including* the T being written. Query t attends to valid slots
-    <= write_index + t. Returns (final-norm hidden [B, T, D], updated cache). Pass the cache as a
-    donated argument under jit so XLA updates it in place.
+    input_ids int[b, T]; positions int[b, T]; write_index int32[]. The b rows are the first b rows of the
+    cache (all of them, or a sampler's compacted live rows). ``kv_valid`` bool[b, S] marks cache slots holding
+    real tokens *including* the T being written (None: every slot up to the query's own). Query t attends
+    to valid slots <= write_index + t, and to ``prefix`` when given: ``{"k": [L, Bp, Hkv, hd, P],
+    "v": [L, Bp, Hkv, P, hd], "mask": bool[Bp, P]}``, keys shared by the b / Bp rows of each group (a
+    prompt's cache read once for its G samples). ``window`` (static): attention reads only slots
+    [0, window) of the cache, which must hold every slot written (the filled part of a long cache).
+    Layers run under ``lax.scan`` over the stacked weights (no copy of the weights is made up front).
+    Returns (final-norm hidden [b, T, D], updated cache). Pass the cache as a donated argument (or a loop
+    carry) so XLA updates it in place.
     """
     b, t = input_ids.shape
-    s = cache["k"].shape[2]
-    slot = jnp.arange(s)
+    _, _, hkv, hd, s = cache["k"].shape
+    w = s if window is None else int(window)
+    slot = jnp.arange(w)
     q_slot = write_index + jnp.arange(t)
-    mask = (slot[None, :] <= q_slot[:, None])[None] & kv_valid[:, None, :]  # [B, T, S]
+    mask = (slot[None, :] <= q_slot[:, None])[None]  # [1, T, W]
+    if kv_valid is not None:
+        mask = mask & kv_valid[:, None, :w]
     cdt = cache["k"].dtype
+    pmask = None if prefix is None else prefix["mask"]
 
-    def layer(carry, p):
+    def layer(carry, xs):
         h, ck, cv, i = carry
+        p, pre = xs
 
         def attend(q, k, v):
-            k_all = jax.lax.dynamic_update_slice(ck[i], k.astype(cdt), (0, write_index, 0, 0))
-            v_all = jax.lax.dynamic_update_slice(cv[i], v.astype(cdt), (0, write_index, 0, 0))
-            dt = q.dtype
-            return attention(q, k_all.astype(dt), v_all.astype(dt), mask), (k.astype(cdt), v.astype(cdt))
+            # Write first, then read the written buffer: one live version, so the update is in place.
+            kt, vt = cache_layout(k.astype(cdt), v.astype(cdt))
+            ck2 = jax.lax.dynamic_update_slice(ck, kt[None], (i, 0, 0, 0, write_index))
+            cv2 = jax.lax.dynamic_update_slice(cv, vt[None], (i, 0, 0, write_index, 0))
+            kw = jax.lax.dynamic_slice(ck2, (i, 0, 0, 0, 0), (1, b, hkv, hd, w))[0]
+            vw = jax.lax.dynamic_slice(cv2, (i, 0, 0, 0, 0), (1, b, hkv, w, hd))[0]
+            pfx = None if pre is None else (pre[0], pre[1], pmask)
+            return attention(q, kw, vw, mask, pfx), (ck2, cv2)
 
-        h, (k_new, v_new) = _block(cfg, p, h, positions, attend)
-        ck = jax.lax.dynamic_update_slice(ck, k_new[None], (i, 0, write_index, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v_new[None], (i, 0, write_index, 0, 0))
+        h, (ck, cv) = _block(cfg, p, h, positions, attend)
         return (h, ck, cv, i + 1), None
 
+    pre = None if prefix is None else (prefix["k"], prefix["v"])
     init = (embed(cfg, params, input_ids), cache["k"], cache["v"], jnp.int32(0))
-    (h, ck, cv, _), _ = jax.lax.scan(layer, init, params["layers"])
+    (h, ck, cv, _), _ = jax.lax.scan(layer, init, (params["layers"], pre))
     return rms_norm(h, params["final_norm"], cfg.rms_norm_eps), {"k": ck, "v": cv}
 
 
@@ -311,30 +356,21 @@ def shared_prefix_hidden_states(
     pmask = jnp.tril(jnp.ones((p, p), bool))[None] & pvalid[:, None, :]
 
     def prompt_layer(h, lp):
-        h, kv = _block(cfg, lp, h, ppos, lambda q, k, v: (attention(q, k, v, pmask), (k, v)))
-        return h, kv
+        def attend(q, k, v):
+            kv = cache_layout(k, v)
+            return attention(q, *kv, pmask), kv
+
+        return _block(cfg, lp, h, ppos, attend)
 
     cvalid = completion_mask.astype(bool)
     plen = jnp.repeat(jnp.sum(prompt_mask.astype(jnp.int32), axis=-1), g)
     cpos = plen[:, None] + jnp.maximum(jnp.cumsum(completion_mask.astype(jnp.int32), axis=-1) - 1, 0)
-    cmask = (jnp.tril(jnp.ones((c, c), bool))[None] & cvalid[:, None, :]).reshape(bp, g, 1, 1, c, c)
-
-    def shared_attention(q, k, v, kp, vp):
-        hq, hkv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        q = q.reshape(bp, g, c, hkv, hq // hkv, hd)
-        k, v = k.reshape(bp, g, c, hkv, hd), v.reshape(bp, g, c, hkv, hd)
-        s_p = jnp.einsum("bgtkrd,bskd->bgkrts", q, kp, preferred_element_type=jnp.float32)
-        s_c = jnp.einsum("bgtkrd,bgskd->bgkrts", q, k, preferred_element_type=jnp.float32)
-        s_p = jnp.where(pvalid[:, None, None, None, None, :], s_p * hd ** -0.5, _NEG)
-        s_c = jnp.where(cmask, s_c * hd ** -0.5, _NEG)
-        probs = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1), axis=-1).astype(v.dtype)
-        out = (jnp.einsum("bgkrts,bskd->bgtkrd", probs[..., :p], vp)
-               + jnp.einsum("bgkrts,bgskd->bgtkrd", probs[..., p:], v))
-        return out.reshape(b, c, hq, hd)
+    cmask = jnp.tril(jnp.ones((c, c), bool))[None] & cvalid[:, None, :]  # [B, C, C]
 
     def completion_layer(h, xs):
         lp, kp, vp = xs
-        h, _ = _block(cfg, lp, h, cpos, lambda q, k, v: (shared_attention(q, k, v, kp, vp), None))
+        attend = lambda q, k, v: (attention(q, *cache_layout(k, v), cmask, (kp, vp, pvalid)), None)  # noqa: E731
+        h, _ = _block(cfg, lp, h, cpos, attend)
         return h, None
 
     if cfg.remat:
