@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
 
-    from tina_jax import config as config_lib, trainer
+    from tina_jax import config as config_lib, sampling as smp, trainer
     from tina_jax.data import kk, pipeline
     from tina_jax.models import load_model
 
