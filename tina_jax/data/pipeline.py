@@ -113,12 +113,9 @@ def load_records(source: str, split: str | None = None, **kw) -> "list[dict] | A
     return datasets.load_dataset(source, name=kw.pop("name", None), split=split or "train", **kw)
 
 
-def _check_jsonl(path: str) -> None:
-    """``FILE:LINE: not valid JSON`` / ``FILE has no records`` before datasets reads it (its errors name
-    neither)."""
-    import json
-
-    records = 0
+def read_jsonl(path: str | os.PathLike):
+    """``(line number, record)`` for each non-blank line of a JSONL file; a line that is not a JSON object
+    raises ``ValueError("FILE:LINE: ...")`` (the one JSONL reader of the project: data files and benchmarks)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -129,8 +126,13 @@ def _check_jsonl(path: str) -> None:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: each line must be a JSON object, got {type(obj).__name__}")
-            records += 1
-    if records == 0:
+            yield lineno, obj
+
+
+def _check_jsonl(path: str) -> None:
+    """``FILE:LINE: not valid JSON`` / ``FILE has no records`` before datasets reads it (its errors name
+    neither)."""
+    if sum(1 for _ in read_jsonl(path)) == 0:  # reads every line: a bad line anywhere is named
         raise ValueError(f"{path} has no records")
 
 

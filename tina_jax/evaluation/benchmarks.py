@@ -16,7 +16,6 @@ shared disk. Golds are read exactly as the papers' harnesses read them:
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -126,6 +125,8 @@ def get_benchmark(name: str) -> Benchmark:
 
 def load_benchmark(name: str, limit: int | None = None, data_dir: str | Path | None = None) -> list[Problem]:
     """The first ``limit`` problems of a benchmark (all when None), in file order."""
+    from tina_jax.data.pipeline import read_jsonl  # lazily: the data pipeline imports grain
+
     b = get_benchmark(name)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     problems: list[Problem] = []
@@ -134,27 +135,20 @@ def load_benchmark(name: str, limit: int | None = None, data_dir: str | Path | N
         if not path.is_file():
             raise FileNotFoundError(f"benchmark {name!r}: {path} not found; the sets ship in the repository's "
                                     "data/ (see data/SOURCES.md), or pass --data-dir")
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                try:
-                    pid = str(rec[b.id_field]) if b.id_field else str(len(problems))
-                    question, gold = rec[b.question_field], b.gold(rec)
-                except (KeyError, IndexError, TypeError) as e:
-                    raise ValueError(f"{path}:{lineno}: benchmark {name!r} needs fields {b.id_field!r}, "
-                                     f"{b.question_field!r} and its gold ({type(e).__name__}: {e})") from None
-                group = None
-                if b.group_field == "num_people":  # K&K indices repeat across sizes: "3ppl-1000"
-                    group = f"{len(rec['names'])}ppl"
-                    pid = f"{group}-{pid}"
-                problems.append(Problem(name, pid, question, gold, group, rec))
-                if limit is not None and len(problems) >= limit:
-                    return problems
+        for lineno, rec in read_jsonl(path):
+            try:
+                pid = str(rec[b.id_field]) if b.id_field else str(len(problems))
+                question, gold = rec[b.question_field], b.gold(rec)
+            except (KeyError, IndexError, TypeError) as e:
+                raise ValueError(f"{path}:{lineno}: benchmark {name!r} needs fields {b.id_field!r}, "
+                                 f"{b.question_field!r} and its gold ({type(e).__name__}: {e})") from None
+            group = None
+            if b.group_field == "num_people":  # K&K indices repeat across sizes: "3ppl-1000"
+                group = f"{len(rec['names'])}ppl"
+                pid = f"{group}-{pid}"
+            problems.append(Problem(name, pid, question, gold, group, rec))
+            if limit is not None and len(problems) >= limit:
+                return problems
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError(f"benchmark {name!r}: ids in field {b.id_field!r} are not unique")
