@@ -9,13 +9,7 @@
 #   --dry-run prints the command instead of running it.
 set -euo pipefail
 
-show() {  # print a command as a shell would read it back
-  local a out="+"
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
-  done
-  echo "$out"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show
 
 DRY=0; GPUS=""; MESH=""; TRAIN_ARGS=()
 while (($#)); do

@@ -54,13 +54,7 @@ SPOT_FLAG=()
 RUN_DIR_ARG=()
 [[ -n "${RUN_DIR:-}" ]] && RUN_DIR_ARG=("train.run_dir=$RUN_DIR")
 
-show() {  # print a command as a shell would read it back
-  local a out="+"
-  for a in "$@"; do
-    if [[ "$a" =~ ^[A-Za-z0-9_./=:,@%+-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
-  done
-  echo "$out"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"  # show
 run() {  # print the command, then run it unless --dry-run
   show "$@"
   ((DRY)) || "$@"
