@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -78,6 +79,54 @@ def test_two_iterations_over_two_mini_batches_follow_the_clipped_objective():
                 np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-5, rtol=0)
     assert clipped[0] == 0.0  # the first update starts at the rollout's policy: ratio 1 everywhere
     assert max(clipped[2:]) > 0, "the second pass must clip for this test to bite"
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_the_trainer_scores_old_logprobs_only_where_the_policy_has_moved(tiny_chat_model_dir, tmp_path, iterations):
+    """One pass over two mini-batches: the first is updated at the rollout's policy, so the trainer scores old
+    logprobs for the second only and the first uses stop_gradient(current) -- the same updates as giving both
+    the rollout policy's logprobs (to float rounding). Two passes: every mini-batch gets them."""
+    from tina_jax import config as config_lib, trainer
+
+    cfg = config_lib.load_config(RECIPE, overrides=[
+        f"model.source={tiny_chat_model_dir}", f"train.run_dir={tmp_path / 'run'}", "train.max_steps=1",
+        "rollout.num_samples=4", "grpo.prompts_per_step=2", "grpo.micro_batch_size=4", "grpo.mini_batches=2",
+        f"grpo.num_iterations={iterations}", "rollout.max_new_tokens=8", "adapter.r=4", "optim.lr=0.05",
+        "data.n_eval=2", "train.plot=false", "train.tensorboard=false",
+        "rewards=[{name: cosine, weight: 1.0, params: {max_len: 300}}]"])
+    (tmp_path / "run").mkdir()
+    run = trainer.setup(cfg, resume=False, console=lambda _: None)
+    start = jax.tree.map(jnp.copy, run.state)
+    scored, seen = [], []
+    score, update = run.old_logprob_fn, run.update
+    run.old_logprob_fn = lambda st, b: scored.append(int(b["completion_ids"].shape[0])) or score(st, b)
+    run.update = lambda st, mb: seen.append(jax.tree.map(np.asarray, mb)) or update(st, mb)
+    state, _ = trainer.grpo_train_step(run, run.state, 0)
+    rows = 4  # 8 completions in 2 mini-batches
+    assert scored == ([rows] if iterations == 1 else [2 * rows])
+    assert ["old_logprobs" in mb for mb in seen] == ([False, True] if iterations == 1 else [True] * 4)
+    # the same updates with the rollout policy's logprobs given for every mini-batch
+    full = {k: np.concatenate([seen[0][k], seen[1][k]]) for k in seen[1] if k != "old_logprobs"}
+    old = np.asarray(score(start, run.place(full)))
+    np.testing.assert_allclose(seen[1]["old_logprobs"], old[rows:], atol=1e-6, rtol=0)
+    flat = lambda st: np.asarray(jax.flatten_util.ravel_pytree(st.trainable)[0])  # noqa: E731
+
+    def replay(with_old):  # from a copy of the starting state (updates donate theirs)
+        st = jax.tree.map(jnp.copy, start)
+        for j, mb in enumerate(seen):
+            k = j % 2
+            mb = {key: v for key, v in mb.items() if key != "old_logprobs"}
+            if with_old(j):
+                mb["old_logprobs"] = old[k * rows:(k + 1) * rows]
+            st, _ = update(st, run.place(mb))
+        return flat(st)
+
+    got, want = flat(state), replay(lambda j: True)
+    assert np.abs(flat(start) - want).max() > 1e-3, "the updates must move the parameters for this test to bite"
+    # Adam divides by sqrt(v), so ratio rounding of ~1e-7 shows as ~1e-6 in the parameters
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # ... while dropping the old logprobs where the policy has moved is a different update
+    assert np.abs(replay(lambda j: j == 0) - want).max() > 1e-4
 
 
 # ------------------------------------------------------------------------------------------------

@@ -440,15 +440,24 @@ def grpo_train_step(run: Run, state: TrainState, i: int) -> tuple[TrainState, di
     batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_samples,
                                                      cfg.grpo.advantage, cfg.grpo.adv_eps)
     batch = trim_padding(batch)
-    if cfg.grpo.num_iterations > 1 or cfg.grpo.mini_batches > 1:
-        batch["old_logprobs"] = distributed.to_host(run.old_logprob_fn(state, run.place(batch)))
     n_mb = cfg.grpo.mini_batches
     mb_rows = len(rewards) // n_mb
+    # Old logprobs: the rollout policy's, for every mini-batch an update sees after the policy has moved.
+    # With one pass (num_iterations = 1) the first mini-batch is updated before any change, so its old
+    # logprobs are the current ones: grpo_step takes stop_gradient(current) (ratio exactly 1, as TRL), and
+    # only the later mini-batches are scored here.
+    old_from = mb_rows if cfg.grpo.num_iterations == 1 else 0
+    old = None
+    if old_from < len(rewards):
+        rest = {k: v[old_from:] for k, v in batch.items()}
+        old = distributed.to_host(run.old_logprob_fn(state, run.place(rest)))
     first_update = int(state.step)
     ms = []
     for _ in range(cfg.grpo.num_iterations):
         for k in range(n_mb):
             mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
+            if old is not None and k * mb_rows >= old_from:
+                mb["old_logprobs"] = old[k * mb_rows - old_from:(k + 1) * mb_rows - old_from]
             state, m = run.update(state, run.place(mb))
             ms.append(m)
     m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
