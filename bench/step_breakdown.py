@@ -105,6 +105,7 @@ def run_step(p: dict, cfg, step: int) -> tuple[Timer, dict]:
     from tina_jax.rl import advantages as adv_lib
     from tina_jax.rl.grpo import policy_params
     from tina_jax.sampling import generate
+    from tina_jax.trainer import rollout_updates
 
     T = Timer()
     g, r = cfg.grpo, cfg.rollout
@@ -129,19 +130,18 @@ def run_step(p: dict, cfg, step: int) -> tuple[Timer, dict]:
         return p["trim_padding"](batch)
 
     batch = T("advantages+batch", assemble)
-    if g.num_iterations > 1 or g.mini_batches > 1:
-        batch["old_logprobs"] = T("old logprobs", lambda: np.asarray(p["old_logprob_fn"](p["state"], batch)))
-    else:
-        T.s["old logprobs"] = 0.0
+    T.s["old logprobs"] = 0.0  # the trainer's rollout_updates scores them only where the policy has moved
     T.s["ref logprobs"] = 0.0  # no separate pass: beta > 0 computes the reference inside grpo_step
-    n_mb, mb_rows = g.mini_batches, len(rewards) // g.mini_batches
-    ms, mbs = [], []
-    for _ in range(g.num_iterations):
-        for k in range(n_mb):
-            mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
-            p["state"], m = T("update", lambda mb=mb: p["step_fn"](p["state"], mb))
-            ms.append(m)
-            mbs.append(mb)
+    mbs = []
+
+    def old_fn(state, b):
+        return T("old logprobs", lambda: np.asarray(p["old_logprob_fn"](state, b)))
+
+    def update(state, mb):
+        mbs.append(mb)
+        return T("update", lambda: p["step_fn"](state, mb))
+
+    p["state"], ms = rollout_updates(p["state"], batch, g.mini_batches, g.num_iterations, update, old_fn)
     t_measured = time.perf_counter() - t_step
 
     def host_metrics():

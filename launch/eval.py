@@ -136,6 +136,9 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"usage error: {e}", file=sys.stderr)
         return 2
+    from tina_jax import runtime
+
+    runtime.enable_compilation_cache("auto")  # a re-run of the same benchmark shapes skips compiling
     try:
         model, params, info = _load(s, print)
         out = s.out or f"runs/eval/{info['name'].replace('/', '_')}-{s.protocol}"

@@ -149,6 +149,9 @@ class TrainSection:
     tensorboard: bool = True
     cost_per_device_hour: float = 0.0  # $ per device-hour for the cost line (Tina: $1 per L40S-hour)
     time_limit_minutes: float | None = None  # stop cleanly (with a checkpoint) after this wall time
+    # JAX's persistent compilation cache (tina_jax.runtime): "auto" = $TINA_JAX_CACHE/xla, a directory, or
+    # null (off). A later run of the same shapes loads its compiled programs instead of compiling them.
+    compilation_cache: str | None = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,6 +324,8 @@ def _check_values(c: RunConfig) -> None:
     req(t.eval_batch_size >= 1, "train.eval_batch_size", f"must be >= 1, got {t.eval_batch_size}")
     req(t.eval_max_new_tokens is None or t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1 or null")
     req(t.time_limit_minutes is None or t.time_limit_minutes > 0, "train.time_limit_minutes", "must be > 0 or null")
+    req(t.compilation_cache is None or (isinstance(t.compilation_cache, str) and t.compilation_cache.strip() != ""),
+        "train.compilation_cache", "must be auto, a directory or null")
     req(t.cost_per_device_hour >= 0, "train.cost_per_device_hour", "must be >= 0")
     req(d.n_eval >= 0, "data.n_eval", f"must be >= 0, got {d.n_eval}")
     req(d.n_train is None or d.n_train >= 1, "data.n_train", f"must be >= 1 or null, got {d.n_train}")

@@ -309,10 +309,11 @@ def setup(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     """Load the model (and ``init_from``), prepare the data, build rewards, adapter, train state, jitted
     update, loader, checkpointer and metrics writer, and restore the newest intact checkpoint when resuming.
     The run directory must already be claimed (:func:`train` does it through ``tina_jax.run_dir``)."""
-    from tina_jax import checkpoint, runlog
+    from tina_jax import checkpoint, runlog, runtime
     from tina_jax.models import load_model
 
     t_start = time.time()
+    runtime.enable_compilation_cache(cfg.train.compilation_cache)
     sft = cfg.algorithm == "sft"
     run_dir = Path(cfg.train.run_dir)
     primary = distributed.is_primary()
@@ -440,26 +441,9 @@ def grpo_train_step(run: Run, state: TrainState, i: int) -> tuple[TrainState, di
     batch["advantages"] = adv_lib.compute_advantages(jnp.asarray(rewards), r.num_samples,
                                                      cfg.grpo.advantage, cfg.grpo.adv_eps)
     batch = trim_padding(batch)
-    n_mb = cfg.grpo.mini_batches
-    mb_rows = len(rewards) // n_mb
-    # Old logprobs: the rollout policy's, for every mini-batch an update sees after the policy has moved.
-    # With one pass (num_iterations = 1) the first mini-batch is updated before any change, so its old
-    # logprobs are the current ones: grpo_step takes stop_gradient(current) (ratio exactly 1, as TRL), and
-    # only the later mini-batches are scored here.
-    old_from = mb_rows if cfg.grpo.num_iterations == 1 else 0
-    old = None
-    if old_from < len(rewards):
-        rest = {k: v[old_from:] for k, v in batch.items()}
-        old = distributed.to_host(run.old_logprob_fn(state, run.place(rest)))
     first_update = int(state.step)
-    ms = []
-    for _ in range(cfg.grpo.num_iterations):
-        for k in range(n_mb):
-            mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
-            if old is not None and k * mb_rows >= old_from:
-                mb["old_logprobs"] = old[k * mb_rows - old_from:(k + 1) * mb_rows - old_from]
-            state, m = run.update(state, run.place(mb))
-            ms.append(m)
+    state, ms = rollout_updates(state, batch, cfg.grpo.mini_batches, cfg.grpo.num_iterations, run.update,
+                                run.old_logprob_fn, run.place)
     m = {k: float(np.mean([float(x[k]) for x in ms])) for k in ms[0]}
     if not (math.isfinite(m["loss"]) and math.isfinite(m.get("grad_norm", 0.0))):
         # raised before the loop saves: a non-finite update never reaches a checkpoint
@@ -487,6 +471,33 @@ def grpo_train_step(run: Run, state: TrainState, i: int) -> tuple[TrainState, di
     run.samples = ([examples[j // r.num_samples]["prompt_text"] for j in range(len(texts))], texts,
                    rewards.tolist())
     return state, metrics
+
+
+def rollout_updates(state: TrainState, batch: dict, mini_batches: int, num_iterations: int, update: Callable,
+                    old_logprob_fn: Callable, place: Callable = lambda b: b) -> tuple[TrainState, list]:
+    """The optimizer updates of one rollout: ``num_iterations`` passes over ``mini_batches`` mini-batches (rows
+    in order), one ``update(state, mini-batch)`` each; returns the state and each update's metrics.
+
+    Old logprobs (the rollout policy's) are scored by ``old_logprob_fn`` before the first update, for every
+    mini-batch an update sees after the policy has moved. With one pass the first mini-batch is updated before
+    any change, so its old logprobs are the current ones: it carries none and ``grpo_step`` takes
+    stop_gradient(current) (ratio exactly 1, as TRL), and only the later mini-batches are scored -- half the
+    pass with two mini-batches, none with one."""
+    rows = batch["completion_ids"].shape[0]
+    mb_rows = rows // mini_batches
+    old_from = mb_rows if num_iterations == 1 else 0
+    old = None
+    if old_from < rows:
+        old = distributed.to_host(old_logprob_fn(state, place({k: v[old_from:] for k, v in batch.items()})))
+    ms = []
+    for _ in range(num_iterations):
+        for k in range(mini_batches):
+            mb = {key: v[k * mb_rows:(k + 1) * mb_rows] for key, v in batch.items()}
+            if old is not None and k * mb_rows >= old_from:
+                mb["old_logprobs"] = old[k * mb_rows - old_from:(k + 1) * mb_rows - old_from]
+            state, m = update(state, place(mb))
+            ms.append(m)
+    return state, ms
 
 
 # ------------------------------------------------------------------------------------------------
