@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,3 +50,32 @@ def test_null_turns_it_off_and_a_users_own_directory_wins(tmp_path):
     own = tmp_path / "mine"
     assert f"DIR {own}" in _run(tmp_path, "auto", env_dir=str(own))
     assert not (tmp_path / "home_cache" / "xla").exists() and any(own.iterdir())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc_trim")
+def test_release_free_memory_gives_a_freed_heap_back():
+    """A freed 400 MB of small malloc chunks stays resident under glibc until released."""
+    import ctypes
+    import ctypes.util
+
+    from tina_jax import runtime
+
+    def rss_mb():
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1e3
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = [libc.malloc(64 * 1024) for _ in range(6400)]  # below the mmap threshold: heap chunks
+    for c in chunks:
+        ctypes.memset(c, 1, 64 * 1024)  # touch: resident
+    keep = libc.malloc(1024)  # above them, so the freed heap is not at its top and is not trimmed on free
+    before = rss_mb()
+    for c in chunks:
+        libc.free(c)
+    freed = rss_mb()
+    assert runtime.release_free_memory()
+    after = rss_mb()
+    libc.free(keep)
+    assert freed > before - 100, (before, freed)  # glibc kept the freed chunks resident
+    assert after < freed - 300, (freed, after)

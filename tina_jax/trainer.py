@@ -43,7 +43,7 @@ import numpy as np
 
 from tina_jax import adapters
 from tina_jax import config as config_lib
-from tina_jax import distributed, optim, sharding
+from tina_jax import distributed, optim, runtime, sharding
 from tina_jax.config import RunConfig
 from tina_jax.data.run_data import (build_data, build_eval_data, build_loader, build_sft_data, data_step_limit,
                                     load_split)
@@ -309,7 +309,7 @@ def setup(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
     """Load the model (and ``init_from``), prepare the data, build rewards, adapter, train state, jitted
     update, loader, checkpointer and metrics writer, and restore the newest intact checkpoint when resuming.
     The run directory must already be claimed (:func:`train` does it through ``tina_jax.run_dir``)."""
-    from tina_jax import checkpoint, runlog, runtime
+    from tina_jax import checkpoint, runlog
     from tina_jax.models import load_model
 
     t_start = time.time()
@@ -404,6 +404,7 @@ def setup(cfg: RunConfig, resume: bool = True, console: Callable[[str], None] = 
               pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
               row_multiple=cfg.sft.micro_batch_size or mesh.shape["data"] * mesh.shape["fsdp"])
     run.metric_hooks, run.action_hooks = default_hooks(run)
+    runtime.release_free_memory()  # the load's transient copies, before the first compilation
     return run
 
 
@@ -605,6 +606,7 @@ def loop(run: Run) -> dict:
         while done < run.last_step:
             try:
                 state, metrics = step(run, state, done)
+                runtime.release_free_memory()  # the step's freed buffers, before the hooks and the next step
             except StopIteration:  # fewer batches than counted (should not happen): end cleanly all the same
                 run.last_step = done
                 if done > run.start:
