@@ -58,8 +58,8 @@ def release_free_memory() -> bool:
 
     On CPU, XLA's buffers (and the compiler's working memory) come from malloc, and glibc keeps what is freed:
     after the model load and the first compilations ~0.7-1.5 GB of free heap stays resident, and the next
-    step's buffers land on top of it. The trainer calls this after setup and after every step (a few
-    milliseconds); W1's peak resident memory drops from 3.43 to 3.19 GB on a first run and to 2.7 GB with
+    step's buffers land on top of it. The trainer calls this after setup and after every step (5-70 ms
+    on W1); W1's peak resident memory drops from 3.43 to 3.19 GB on a first run and to 2.7 GB with
     a warm compilation cache (BENCHMARKS.md section 14). A no-op where the C library is not glibc.
     """
     trim = _malloc_trim()
