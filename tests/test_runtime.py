@@ -66,16 +66,21 @@ def test_release_free_memory_gives_a_freed_heap_back():
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
     libc.free.argtypes = [ctypes.c_void_p]
-    chunks = [libc.malloc(64 * 1024) for _ in range(6400)]  # below the mmap threshold: heap chunks
+    # 64 KB chunks (below the mmap threshold: heap memory), each followed by a small pin that stays allocated,
+    # so the freed chunks are holes inside the heap that free() never gives back on its own
+    chunks, pins = [], []
+    for _ in range(6400):
+        chunks.append(libc.malloc(64 * 1024))
+        pins.append(libc.malloc(64))
     for c in chunks:
         ctypes.memset(c, 1, 64 * 1024)  # touch: resident
-    keep = libc.malloc(1024)  # above them, so the freed heap is not at its top and is not trimmed on free
     before = rss_mb()
     for c in chunks:
         libc.free(c)
     freed = rss_mb()
     assert runtime.release_free_memory()
     after = rss_mb()
-    libc.free(keep)
+    for p in pins:
+        libc.free(p)
     assert freed > before - 100, (before, freed)  # glibc kept the freed chunks resident
     assert after < freed - 300, (freed, after)

@@ -1,7 +1,7 @@
 """Process-level settings: JAX's persistent compilation cache, and giving freed host memory back.
 
-A CPU run of the default recipe compiles ~30 programs (~2 minutes on 2 cores) before its first step; with the
-cache on, a second run of the same recipe (or a resumed one) loads them from disk instead. The cache is
+A CPU run of the default recipe compiles ~30 programs before its first step; with the cache on, a second run
+of the same recipe (or a resumed one) loads them from disk instead (BENCHMARKS.md section 14). The cache is
 JAX's own (``jax_compilation_cache_dir``); programs that compile in under a second are not stored.
 """
 from __future__ import annotations
@@ -56,11 +56,10 @@ def _malloc_trim():
 def release_free_memory() -> bool:
     """Give the C heap's free memory back to the OS (glibc ``malloc_trim``); returns whether it ran.
 
-    On CPU, XLA's buffers (and the compiler's working memory) come from malloc, and glibc keeps what is freed:
-    after the model load and the first compilations ~0.7-1.5 GB of free heap stays resident, and the next
-    step's buffers land on top of it. The trainer calls this after setup and after every step (5-70 ms
-    on W1); W1's peak resident memory drops from 3.43 to 3.19 GB on a first run and to 2.7 GB with
-    a warm compilation cache (BENCHMARKS.md section 14). A no-op where the C library is not glibc.
+    On CPU, XLA's buffers (and the compiler's working memory) come from malloc, and glibc keeps what is freed,
+    so the model load's and the first compilations' freed memory stays resident and the next step's buffers land
+    on top of it. The trainer calls this after setup and after every step; a call costs milliseconds to tens
+    of milliseconds next to a step of seconds. A no-op where the C library is not glibc.
     """
     trim = _malloc_trim()
     if trim is None:
